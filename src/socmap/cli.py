@@ -1,0 +1,55 @@
+"""`socmap <stage>`: one subcommand per DVC stage, wiring params.yaml to the stage's `main`.
+
+Each stage module exposes ``main(params)``; it is imported only when its
+subcommand runs, so `socmap --help` and a params error come back at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from socmap.config import load_params
+from socmap.errors import SocmapError
+
+STAGES = {
+    "simulate": ("socmap.simulate", "write the simulated Bavaria to data/synthetic/"),
+    "sample": ("socmap.sample", "extract one patch per survey row into data/processed/"),
+    "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
+    "train": ("socmap.train", "train one model per split run into models/"),
+    "evaluate": ("socmap.evaluate", "test metrics, baselines and intervals into metrics/evaluate/"),
+    "map": ("socmap.mapping", "SOC maps as Cloud-Optimized GeoTIFFs into data/maps/"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="socmap", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        params = load_params(args.params)
+        module = importlib.import_module(STAGES[args.stage][0])
+        module.main(params)
+    except SocmapError as exc:
+        print(f"socmap {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"socmap {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""`params.yaml`, loaded into typed, frozen objects and validated before any work starts.
+
+Every section of the file is a dataclass below; the field's type says what
+the value may be (``Literal`` lists the choices) and its ``metadata`` gives
+ranges. ``load_params`` rejects unknown keys (naming the nearest valid one),
+wrong types, values out of range and inconsistent combinations with a
+`SocmapError` that names the key, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from socmap.errors import SocmapError
+
+BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
+
+
+def _range(**bounds: float) -> dict:
+    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers; length for sequences."""
+    return bounds
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class RastersConfig:
+    dir: str = "data/synthetic/rasters"
+    yearly: str = "{band}/{year}.tif"
+    static: str = "{band}/static.tif"
+    reference: Optional[str] = None  # band whose grid all others are aligned to; None: first yearly band
+    resampling: Literal["bilinear", "cubic", "average", "nearest"] = "bilinear"
+    missing_years: Literal["nearest", "mean"] = "nearest"  # how a band missing for a year is filled
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    id: Optional[str] = "POINTID"  # None: an id is made from the row order
+    x: str = "GPS_LONG"
+    y: str = "GPS_LAT"
+    year: Optional[str] = "year"  # None: taken from `date`, else data.points.year
+    target: str = "OC"
+    date: Optional[str] = None  # a date column that stands in for year
+
+
+@dataclass(frozen=True)
+class PointsConfig:
+    path: str = "data/synthetic/points.csv"
+    crs: str = "EPSG:4326"  # used where the file itself carries no CRS
+    columns: ColumnsConfig = ColumnsConfig()
+    unit: Literal["g/kg", "%"] = "g/kg"
+    year: Optional[int] = field(default=None, metadata=_range(ge=1900, le=2100))  # single survey year
+    layer: Optional[str] = None  # layer of a GeoPackage with several
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))
+    boundary: Optional[str] = None  # polygon file; overrides bbox
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    rasters: RastersConfig = RastersConfig()
+    bands: tuple[str, ...] = (
+        "Elevation", "LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration",
+    )
+    static_bands: tuple[str, ...] = ("Elevation",)
+    first_year: int = field(default=2007, metadata=_range(ge=1900, le=2100))
+    last_year: int = field(default=2023, metadata=_range(ge=1900, le=2100))
+    points: PointsConfig = PointsConfig()
+    region: RegionConfig = RegionConfig()
+    max_target: float = field(default=150.0, metadata=_range(gt=0))  # g/kg
+
+    @property
+    def yearly_bands(self) -> tuple[str, ...]:
+        return tuple(b for b in self.bands if b not in self.static_bands)
+
+    @property
+    def years(self) -> tuple[int, ...]:
+        return tuple(range(self.first_year, self.last_year + 1))
+
+
+# ----------------------------------------------------------------------- simulate
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    seed: int = field(default=0, metadata=_range(ge=0))
+    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))  # lon/lat
+    resolution_m: float = field(default=1000.0, metadata=_range(ge=50))  # yearly bands
+    static_resolution_m: float = field(default=500.0, metadata=_range(ge=25))  # Elevation, finer
+    first_year: int = field(default=2007, metadata=_range(ge=1900, le=2100))
+    last_year: int = field(default=2023, metadata=_range(ge=1900, le=2100))
+    sites: int = field(default=2600, metadata=_range(ge=10))
+    lucas_share: float = field(default=0.35, metadata=_range(ge=0, le=1))  # sites revisited in lucas_years
+    lucas_years: tuple[int, ...] = (2009, 2015, 2018)
+    dirty_share: float = field(default=0.02, metadata=_range(ge=0, le=0.5))
+    nodata_share: float = field(default=0.004, metadata=_range(ge=0, le=0.5))  # clouds, snow
+    latency_band: Optional[str] = "SoilEvaporation"  # this band misses its last year
+    noise: float = field(default=0.2, metadata=_range(ge=0, le=2))  # measurement noise (sd of log)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    window_size: int = field(default=5, metadata=_range(ge=1, le=101, odd=True))
+    time_before: int = field(default=5, metadata=_range(ge=1, le=50))
+    early_years: Literal["drop", "fill"] = "drop"
+    fill: Literal["mean", "zero"] = "mean"  # value for nodata pixels and pixels beyond the edge
+    min_valid_fraction: float = field(default=0.5, metadata=_range(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    seed: int = field(default=0, metadata=_range(ge=0))
+    mode: Literal["holdout", "kfold"] = "holdout"
+    folds: int = field(default=5, metadata=_range(ge=2, le=50))
+    test_ratio: float = field(default=0.1, metadata=_range(gt=0, lt=1))
+    target_val_ratio: float = field(default=0.08, metadata=_range(gt=0, lt=1))
+    distance_threshold: float = field(default=1.2, metadata=_range(ge=0))  # km
+    test_block_km: float = field(default=20.0, metadata=_range(gt=0))
+    strata: int = field(default=10, metadata=_range(ge=1, le=100))  # target quantile strata of validation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: Literal["refitted_cov_lstm", "cnn", "lstm"] = "refitted_cov_lstm"
+    loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
+    loss_alpha: float = field(default=0.5, metadata=_range(ge=0, le=1))
+    loss_sigma: float = field(default=3.0, metadata=_range(gt=0))  # g/kg, floor of the per-row uncertainty
+    loss_sigma_relative: float = field(default=0.1, metadata=_range(ge=0))  # share of OC added to sigma
+    target_transform: Literal["none", "log", "normalize"] = "normalize"
+    lr: float = field(default=2e-4, metadata=_range(gt=0, le=1))
+    weight_decay: float = field(default=1e-4, metadata=_range(ge=0))
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    batch_size: int = field(default=256, metadata=_range(ge=1))
+    epochs: int = field(default=60, metadata=_range(ge=1))
+    patience: int = field(default=15, metadata=_range(ge=0))  # epochs without improvement; 0: off
+    grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
+    num_runs: int = field(default=3, metadata=_range(ge=1, le=100))
+    balanced: bool = True
+    balance_bins: int = field(default=128, metadata=_range(ge=1))
+    balance_fraction: float = field(default=0.75, metadata=_range(gt=0, le=1))
+    hidden_size: int = field(default=128, metadata=_range(ge=1))
+    num_layers: int = field(default=2, metadata=_range(ge=1, le=8))
+    dropout: float = field(default=0.25, metadata=_range(ge=0, lt=1))
+    seed: int = field(default=0, metadata=_range(ge=0))
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # used on GPU only
+    num_processes: int = field(default=1, metadata=_range(ge=1))  # >1: accelerate launch
+    launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
+    checkpoint_every: int = field(default=1, metadata=_range(ge=1))  # epochs between resume checkpoints
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    interval: float = field(default=0.9, metadata=_range(gt=0, lt=1))
+    bootstrap: int = field(default=1000, metadata=_range(ge=0))
+    rf_trees: int = field(default=300, metadata=_range(ge=1))
+    seed: int = field(default=0, metadata=_range(ge=0))
+    batch_size: int = field(default=2048, metadata=_range(ge=1))
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    years: tuple[int, ...] = (2023,)
+    block_size: int = field(default=256, metadata=_range(ge=16))  # pixels per side of a streamed block
+    batch_size: int = field(default=4096, metadata=_range(ge=1))
+    num_processes: int = field(default=1, metadata=_range(ge=1))
+    launch_args: str = ""
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = DataConfig()
+    simulate: SimulateConfig = SimulateConfig()
+    sample: SampleConfig = SampleConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    map: MapConfig = MapConfig()
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise `SocmapError` naming the first bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SocmapError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise SocmapError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw: Any, source: str = "params") -> Params:
+    """Build `Params` from a nested dict (as in params.yaml), validating every key."""
+    try:
+        params = _build(Params, raw, "")
+        _check_consistency(params)
+    except _Invalid as exc:
+        raise SocmapError(f"{source}: {exc}") from None
+    return params
+
+
+def params_to_dict(params: Any) -> dict:
+    """The nested plain-dict form of a params object (tuples as lists), for YAML, JSON and checkpoints."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(params)
+
+
+def replace(params: Params, **dotted: Any) -> Params:
+    """A copy of `params` with dotted keys changed (``replace(p, **{"train.epochs": 2})``), validated."""
+    raw = params_to_dict(params)
+    for key, value in dotted.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return params_from_dict(raw)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Invalid(f"{prefix or 'the file'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise _Invalid(f"unknown key {prefix}{key}{hint}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", f.metadata)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str, meta: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, meta)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            raise _Invalid(f"{key} = {value!r}: must be one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid(f"{key} = {value!r}: must be a list")
+        if "length" in meta and len(value) != meta["length"]:
+            raise _Invalid(f"{key} = {value!r}: must be a list of {meta['length']} values")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", meta) for i, v in enumerate(value))
+    return _scalar(tp, value, key, meta)
+
+
+def _scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise _Invalid(f"{key} = {value!r}: must be {names[tp]}")
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise _Invalid(f"{key} = {value!r}: must be a finite number")
+    if tp in (int, float):
+        checks = {
+            "ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+            "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<"),
+        }
+        bounds = [(op, meta[name]) for name, op in checks.items() if name in meta]
+        if not all(test(value, bound) for (test, _), bound in bounds):
+            valid = " and ".join(f"{sym} {bound}" for (_, sym), bound in bounds)
+            raise _Invalid(f"{key} = {value!r}: must be {valid}")
+        if meta.get("odd") and value % 2 == 0:
+            raise _Invalid(f"{key} = {value!r}: must be odd, so that the window has a centre pixel")
+    return value
+
+
+def _check_consistency(p: Params) -> None:
+    """Checks that involve more than one key."""
+    d = p.data
+    if d.first_year > d.last_year:
+        raise _Invalid(f"data.first_year = {d.first_year} is after data.last_year = {d.last_year}")
+    if not d.bands or len(set(d.bands)) != len(d.bands):
+        raise _Invalid(f"data.bands = {list(d.bands)!r}: must be a non-empty list of distinct names")
+    unknown = [b for b in d.static_bands if b not in d.bands]
+    if unknown:
+        raise _Invalid(f"data.static_bands = {list(d.static_bands)!r}: {unknown[0]!r} is not in data.bands "
+                       f"({', '.join(d.bands)})")
+    if d.rasters.reference is not None and d.rasters.reference not in d.bands:
+        raise _Invalid(f"data.rasters.reference = {d.rasters.reference!r}: must be one of data.bands "
+                       f"({', '.join(d.bands)}) or null")
+    for key in ("yearly", "static"):
+        pattern = getattr(d.rasters, key)
+        needed = ("{band}", "{year}") if key == "yearly" else ("{band}",)
+        if not all(n in pattern for n in needed):
+            raise _Invalid(f"data.rasters.{key} = {pattern!r}: must contain {' and '.join(needed)}")
+    for section, bbox in (("data.region.bbox", d.region.bbox), ("simulate.bbox", p.simulate.bbox)):
+        west, south, east, north = bbox
+        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+            raise _Invalid(f"{section} = {list(bbox)!r}: must be [west, south, east, north] in degrees "
+                           "with west < east and south < north")
+    if d.points.columns.year is None and d.points.columns.date is None and d.points.year is None:
+        raise _Invalid("data.points.columns.year is null: set data.points.columns.date or data.points.year")
+    if p.sample.time_before > len(d.years):
+        raise _Invalid(f"sample.time_before = {p.sample.time_before}: longer than the {len(d.years)} years "
+                       f"from data.first_year to data.last_year")
+    if p.split.test_ratio + p.split.target_val_ratio >= 1:
+        raise _Invalid(f"split.test_ratio + split.target_val_ratio = "
+                       f"{p.split.test_ratio + p.split.target_val_ratio:g}: must be < 1")
+    s = p.simulate
+    if s.first_year > s.last_year:
+        raise _Invalid(f"simulate.first_year = {s.first_year} is after simulate.last_year = {s.last_year}")
+    if s.static_resolution_m > s.resolution_m:
+        raise _Invalid(f"simulate.static_resolution_m = {s.static_resolution_m:g}: must be <= "
+                       f"simulate.resolution_m = {s.resolution_m:g} (the static band is the finer one)")
+    if not p.map.years:
+        raise _Invalid("map.years is empty: give at least one year")
+    for year in p.map.years:
+        if not d.first_year + p.sample.time_before - 1 <= year <= d.last_year:
+            raise _Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
+                           f"..{d.last_year} so that its {p.sample.time_before}-year window fits the data")

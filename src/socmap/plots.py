@@ -1,0 +1,49 @@
+"""Quick-look pictures of the simulated world, for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import rasterio  # noqa: E402
+
+from socmap.io import atomic_path  # noqa: E402
+
+
+def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_names: tuple[str, ...],
+                   table: pd.DataFrame) -> None:
+    """A PNG per band for the first and last year, and one of the hidden land cover with the survey sites."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for band_dir in sorted((world / "rasters").iterdir()):
+        files = sorted(band_dir.glob("*.tif"))
+        for path in {files[0], files[-1]}:
+            with rasterio.open(path) as src:
+                values = src.read(1, masked=True)
+                unit = src.units[0] or ""
+            fig, ax = plt.subplots(figsize=(6, 5.5))
+            image = ax.imshow(values, cmap="terrain" if band_dir.name == "Elevation" else "viridis")
+            fig.colorbar(image, ax=ax, shrink=0.8, label=f"{band_dir.name} ({unit})")
+            ax.set_title(f"{band_dir.name}, {path.stem} (simulated)")
+            ax.set_axis_off()
+            _save(fig, out_dir / f"{band_dir.name}_{path.stem}.png")
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    image = ax.imshow(cover, cmap=matplotlib.colors.ListedColormap(["#e6c35c", "#9ad36a", "#2f6b34", "#6b4b8a"]),
+                      vmin=-0.5, vmax=len(cover_names) - 0.5)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8, ticks=range(len(cover_names)))
+    bar.ax.set_yticklabels(cover_names)
+    row, col = grid.index(table["x"].to_numpy(), table["y"].to_numpy())
+    ax.scatter(col, row, s=2, c="k", alpha=0.5, linewidths=0)
+    ax.set_title(f"Hidden land cover and {len(table)} survey rows (simulated)")
+    ax.set_axis_off()
+    _save(fig, out_dir / "land_cover.png")
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png", metadata={"Software": None})
+    plt.close(fig)
