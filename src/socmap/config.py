@@ -107,7 +107,9 @@ class SimulateConfig:
     lucas_years: tuple[int, ...] = (2009, 2015, 2018)
     dirty_share: float = field(default=0.02, metadata=_range(ge=0, le=0.5))
     nodata_share: float = field(default=0.004, metadata=_range(ge=0, le=0.5))  # clouds, snow
-    latency_band: Optional[str] = "SoilEvaporation"  # this band misses its last year
+    latency_band: Optional[Literal["LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration"]] = (
+        "SoilEvaporation"  # this yearly band misses its last year (product latency)
+    )
     noise: float = field(default=0.2, metadata=_range(ge=0, le=2))  # measurement noise (sd of log)
 
 
@@ -354,6 +356,10 @@ def _check_consistency(p: Params) -> None:
     if s.static_resolution_m > s.resolution_m:
         raise _Invalid(f"simulate.static_resolution_m = {s.static_resolution_m:g}: must be <= "
                        f"simulate.resolution_m = {s.resolution_m:g} (the static band is the finer one)")
+    ratio = s.resolution_m / s.static_resolution_m
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise _Invalid(f"simulate.resolution_m / simulate.static_resolution_m = {ratio:g}: must be a whole number "
+                       "so that the two grids nest")
     if not p.map.years:
         raise _Invalid("map.years is empty: give at least one year")
     for year in p.map.years:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 from pyproj import Transformer
-from rasterio.transform import from_origin
+from affine import Affine
 from scipy import ndimage
 
 from socmap.config import SimulateConfig
@@ -51,7 +51,7 @@ UNITS = {
 HISTORY_YEARS = 5  # the NPP history term: the survey year and the four before
 # log-SOC effects: cover intercepts (cropland ≈ 17 g/kg) and covariate slopes per standard deviation
 COVER_EFFECT = np.log([15.0, 22.0, 27.0, 85.0])
-B_ELEV, B_TPI, B_SLOPE, B_HIST, B_LST = 0.12, -0.22, -0.12, 0.22, -0.08
+B_ELEV, B_TPI, B_SLOPE, B_HIST, B_LST = 0.12, -0.22, -0.12, 0.3, -0.08
 RESIDUAL_SD, RESIDUAL_RANGE_KM = 0.25, 12.0
 
 
@@ -67,7 +67,7 @@ class Grid:
 
     @property
     def transform(self):
-        return from_origin(self.west, self.north, self.res, self.res)
+        return Affine(self.res, 0.0, self.west, 0.0, -self.res, self.north)
 
     def centres(self) -> tuple[np.ndarray, np.ndarray]:
         """x, y of every pixel centre, each [height, width]."""
@@ -168,7 +168,7 @@ def yearly_bands(cover: np.ndarray, elev: np.ndarray, years: list[int], rng: np.
     z_elev = (elev - 550.0) / 250.0
     lai = by_cover([2.6, 3.2, 5.0, 3.6]) - 0.25 * np.clip(z_elev, 0, None) + 0.02 * t + anomaly(0.35, 0.15)
     lst = 15.5 - 0.0062 * elev + by_cover([0.6, 0.0, -1.6, -0.8]) + 0.05 * t + anomaly(0.5, 0.6)
-    npp = by_cover([560.0, 610.0, 720.0, 480.0]) - 0.12 * (elev - 550.0) + 3.0 * t + anomaly(70.0, 25.0)
+    npp = by_cover([560.0, 610.0, 720.0, 480.0]) - 0.12 * (elev - 550.0) + 3.0 * t + anomaly(110.0, 30.0)
     soil_evap = by_cover([170.0, 115.0, 55.0, 190.0]) + 6.0 * (lst - 10.0) + anomaly(12.0, 8.0)
     total_et = 380.0 + 0.25 * npp + 1.2 * soil_evap - 0.05 * (elev - 550.0) + anomaly(20.0, 15.0)
     bands = {"LAI": np.clip(lai, 0.1, 8.0), "LST": lst, "MODIS_NPP": np.clip(npp, 50.0, None),
@@ -242,14 +242,14 @@ def soc_process(sites: pd.DataFrame, grid: Grid, elev: np.ndarray, cover: np.nda
     t = sites["year"].to_numpy() - years[0]
     npp = bands["MODIS_NPP"]
     history = np.stack([npp[np.clip(t - k, 0, None), row, col] for k in range(HISTORY_YEARS)]).mean(axis=0)
-    npp_all = npp.mean(axis=0)
+    npp_windows = ndimage.uniform_filter1d(npp, HISTORY_YEARS, axis=0, origin=(HISTORY_YEARS - 1) // 2)
     lst = bands["LST"]
     covariate_part = (
         COVER_EFFECT[cover[row, col]]
         + B_ELEV * zscore(elev[row, col], elev)
         + B_TPI * zscore(tpi[row, col], tpi)
         + B_SLOPE * zscore(slope[row, col], slope)
-        + B_HIST * (history - npp_all.mean()) / npp.std()
+        + B_HIST * zscore(history, npp_windows[HISTORY_YEARS - 1:])
         + B_LST * (lst[t, row, col] - lst.mean()) / lst.std()
     )
     log_soc = covariate_part + residual[row, col]
@@ -313,11 +313,10 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
     table = soc_process(sites, coarse, elev, cover, bands, years, cfg, rng)
     lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(table["x"], table["y"])
     table = table.assign(GPS_LONG=np.round(lon, 6), GPS_LAT=np.round(lat, 6))
-    table = dirty_rows(table, cfg, rng)
     day = rng.integers(0, 200, len(table))
     table["survey_date"] = (pd.to_datetime(table["year"].astype(str) + "-04-01")
                             + pd.to_timedelta(day, unit="D")).dt.strftime("%Y-%m-%d")
-    table = table.reset_index(drop=True)
+    table = dirty_rows(table, cfg, rng)
 
     oracle = oracle_figures(table, years[0] + HISTORY_YEARS - 1)
     with atomic_path(out_dir) as tmp:
