@@ -1,0 +1,294 @@
+"""The split stage: its guarantees, re-checked with brute-force distances independent of the stage's code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from pyproj import Transformer
+
+from socmap import split as split_stage
+from socmap.config import SplitConfig
+from socmap.errors import SocmapError
+from socmap.split import ROLES, assign_roles, split_metrics
+
+from conftest import tiny_params
+
+FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def point_cloud(seed: int, n_sites: int, extent_km: float, clustered: float, sigma: float = 0.6) -> pd.DataFrame:
+    """A samples.parquet-shaped table: sites uniform or clustered, revisited 1-3 times a few metres apart."""
+    rng = np.random.default_rng(seed)
+    extent = extent_km * 1000.0
+    xy = rng.uniform(0, extent, (n_sites, 2))
+    n_clustered = int(clustered * n_sites)
+    centres = rng.uniform(0, extent, (max(1, n_sites // 30), 2))
+    around = centres[rng.integers(0, len(centres), n_clustered)]
+    xy[:n_clustered] = around + rng.normal(0, extent / 20, (n_clustered, 2))
+    visits = rng.choice([1, 2, 3], n_sites, p=[0.6, 0.25, 0.15])
+    site = np.repeat(np.arange(n_sites), visits)
+    row_xy = xy[site] + rng.normal(0, 8.0, (len(site), 2))  # GPS differs between surveys
+    order = rng.permutation(len(site))
+    return pd.DataFrame({
+        "row_id": np.arange(len(site), dtype=np.int64) * 3 + 7,  # not the position, as after drops
+        "site_id": (site[order] * 11 + 100).astype(np.int64),
+        "x": 500_000.0 + row_xy[order, 0], "y": 5_300_000.0 + row_xy[order, 1],
+        "target": np.round(rng.lognormal(np.log(20.0), sigma, len(site)), 2),
+    })
+
+
+def min_distance(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest Euclidean distance (m) between rows in mask a and rows in mask b, by brute force."""
+    if not a.any() or not b.any():
+        return math.inf
+    diff = xy[a][:, None, :] - xy[b][None, :, :]
+    return float(np.sqrt((diff ** 2).sum(axis=2)).min())
+
+
+def check_guarantees(samples: pd.DataFrame, split: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> None:
+    """Every promise of the split, recomputed from the two tables alone."""
+    runs = cfg.folds if cfg.mode == "kfold" else num_runs
+    assert sorted(split["run"].unique()) == list(range(runs))
+    assert set(split["role"]) <= set(ROLES)
+    xy = samples[["x", "y"]].to_numpy()
+    threshold = cfg.distance_threshold * 1000.0
+    largest_site = samples["site_id"].value_counts().max()
+    tests = []
+    for run in range(runs):
+        frame = split[split["run"] == run]
+        assert len(frame) == len(samples) and set(frame["row_id"]) == set(samples["row_id"])
+        role = samples[["row_id", "site_id"]].merge(frame, on="row_id", validate="one_to_one")["role"].to_numpy()
+        assert (samples[["site_id"]].assign(role=role).groupby("site_id")["role"].nunique() == 1).all()
+        is_ = {r: role == r for r in ROLES}
+        assert min_distance(xy, is_["test"], is_["train"]) > threshold
+        assert min_distance(xy, is_["val"], is_["train"]) > threshold
+        assert min_distance(xy, is_["test"], is_["val"]) > threshold  # val lies outside the buffer too
+        # the buffer is no wider than the rule: each buffer site has a row within the threshold of test
+        for site in samples["site_id"][is_["buffer"]].unique():
+            assert min_distance(xy, (samples["site_id"] == site).to_numpy(), is_["test"]) <= threshold
+        non_test = int((~is_["test"]).sum())
+        need_val = math.ceil(cfg.target_val_ratio * non_test - 1e-9)
+        assert need_val <= is_["val"].sum() <= need_val + largest_site - 1
+        assert is_["train"].any()
+        tests.append(is_["test"])
+    if cfg.mode == "holdout":
+        need_test = math.ceil(cfg.test_ratio * len(samples) - 1e-9)
+        assert need_test <= tests[0].sum() <= need_test + largest_site - 1
+        first = split[split["run"] == 0]["role"].to_numpy()
+        for run in range(1, runs):
+            other = split[split["run"] == run]["role"].to_numpy()
+            held = np.isin(first, ["test", "buffer"])
+            assert (held == np.isin(other, ["test", "buffer"])).all() and (first[held] == other[held]).all()
+    else:
+        assert (np.sum(tests, axis=0) == 1).all()  # every row is tested in exactly one fold
+
+
+def linked_sizes(samples: pd.DataFrame, test: np.ndarray, threshold: float) -> list[int]:
+    """Row counts of the groups of rows beyond `threshold` of test, chained by steps <= threshold or a site."""
+    xy = samples[["x", "y"]].to_numpy()
+    site = samples["site_id"].to_numpy()
+    step = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(axis=2))
+    near_test = np.isin(site, site[(step[:, test] <= threshold).any(axis=1)])
+    pool = ~test & ~near_test
+    adjacent = ((step <= threshold) | (site[:, None] == site[None]))[np.ix_(pool, pool)]
+    seen, sizes = np.zeros(pool.sum(), bool), []
+    for start in range(pool.sum()):
+        if seen[start]:
+            continue
+        group, frontier = {start}, [start]
+        while frontier:
+            new = set(np.flatnonzero(adjacent[frontier].any(axis=0))) - group
+            group |= new
+            frontier = list(new)
+        seen[list(group)] = True
+        sizes.append(len(group))
+    return sizes
+
+
+clouds = st.tuples(st.integers(0, 2**31 - 1), st.integers(15, 140), st.floats(5.0, 60.0), st.floats(0.0, 0.8))
+configs = st.builds(
+    lambda seed, mode, folds, test, val, threshold, block, strata: SplitConfig(
+        seed=seed, mode=mode, folds=folds, test_ratio=test, target_val_ratio=val,
+        distance_threshold=threshold, test_block_km=block, strata=strata),
+    st.integers(0, 1000), st.sampled_from(["holdout", "kfold"]), st.integers(2, 4), st.floats(0.05, 0.3),
+    st.floats(0.03, 0.25), st.floats(0.0, 2.0), st.floats(1.0, 15.0), st.integers(1, 10))
+
+
+@FEW
+@given(cloud=clouds, cfg=configs, num_runs=st.integers(1, 3))
+def test_split_keeps_its_guarantees_or_says_why_not(cloud, cfg, num_runs):
+    samples = point_cloud(*cloud)
+    try:
+        split = assign_roles(samples, cfg, num_runs)
+    except SocmapError as exc:
+        message = str(exc)
+        event(message.split(" = ")[0])
+        if "split.folds" in message:  # fewer blocks with data than folds
+            assert cfg.mode == "kfold" and "split.test_block_km" in message
+        elif "target_val_ratio" in message:
+            assert "largest reachable validation ratio below it is" in message
+        else:
+            assert "leaves no rows for training" in message
+        return
+    event(f"split {cfg.mode}")
+    check_guarantees(samples, split, cfg, num_runs)
+    pd.testing.assert_frame_equal(split, assign_roles(samples, cfg, num_runs))  # same seed, same split
+
+
+@FEW
+@given(cloud=st.tuples(st.integers(0, 2**31 - 1), st.integers(15, 140), st.floats(4.0, 30.0), st.floats(0.0, 0.8)),
+       ratio=st.floats(0.05, 0.6), threshold=st.floats(0.5, 5.0))
+def test_an_unreachable_validation_ratio_names_the_largest_reachable(cloud, ratio, threshold):
+    samples = point_cloud(*cloud)
+    cfg = SplitConfig(target_val_ratio=ratio, test_ratio=0.1, distance_threshold=threshold, test_block_km=5.0)
+    try:
+        split = assign_roles(samples, cfg, 1)
+    except SocmapError as exc:
+        event(str(exc).split(" = ")[0])
+        if "target_val_ratio" not in str(exc):
+            return
+        best = float(str(exc).rsplit(" ", 1)[1])
+        # the hold-out as the stage draws it; clusters and reachable sizes recomputed from scratch
+        row_site, site_xy, site_rows = split_stage.site_table(samples["site_id"].to_numpy(),
+                                                              samples[["x", "y"]].to_numpy())
+        test = split_stage.tested_sites(site_xy, site_rows, cfg, 1)[0][row_site]
+        sizes = linked_sizes(samples, test, threshold * 1000.0)
+        sums = {0}
+        for size in sizes:
+            sums |= {s + size for s in sums}
+        non_test = int((~test).sum())
+        need = math.ceil(ratio * non_test - 1e-9)
+        high = min(need + samples["site_id"].value_counts().max() - 1, sum(sizes) - 1)
+        assert not any(need <= s <= high for s in sums)
+        assert best == round(max(s for s in sums if s < need and s < sum(sizes)) / non_test, 4)
+        return
+    event("split")
+    check_guarantees(samples, split, cfg, 1)
+
+
+def test_a_threshold_wider_than_the_world_is_an_error():
+    samples = point_cloud(3, 80, 10.0, 0.0)
+    cfg = SplitConfig(distance_threshold=30.0, test_block_km=2.0)
+    with pytest.raises(SocmapError, match="split.distance_threshold = 30 km: the buffer .* leaves no rows"):
+        assign_roles(samples, cfg, 2)
+
+
+def test_validation_ratio_beyond_the_linked_clusters_is_an_error():
+    samples = point_cloud(4, 200, 8.0, 0.9)  # one dense cluster: nearly everything linked at 1.5 km
+    cfg = SplitConfig(distance_threshold=1.5, test_block_km=2.0, target_val_ratio=0.4)
+    with pytest.raises(SocmapError, match=r"split.target_val_ratio = 0.4 cannot be reached: .*"
+                                          r"the largest reachable validation ratio below it is 0\.\d{4}$"):
+        assign_roles(samples, cfg, 1)
+
+
+def test_too_few_blocks_for_the_folds_is_an_error():
+    samples = point_cloud(5, 60, 15.0, 0.0)
+    with pytest.raises(SocmapError, match=r"split.folds = 5: the data cover only [1-4] blocks"):
+        assign_roles(samples, SplitConfig(mode="kfold", folds=5, test_block_km=40.0), 1)
+
+
+def test_seeds_change_the_split_and_runs_differ_in_validation_only():
+    samples = point_cloud(6, 600, 80.0, 0.3)
+    cfg = SplitConfig(test_block_km=10.0)
+    a, b = assign_roles(samples, cfg, 3), assign_roles(samples, dataclasses.replace(cfg, seed=1), 3)
+    check_guarantees(samples, a, cfg, 3)  # test and buffer the same in every run
+    assert not a["role"].equals(b["role"])
+    runs = [a[a["run"] == k]["role"].to_numpy() for k in range(3)]
+    assert not np.array_equal(runs[0] == "val", runs[1] == "val")
+
+
+def test_stratified_validation_matches_training_better_than_unstratified():
+    samples = point_cloud(7, 2500, 150.0, 0.3, sigma=1.0)  # lognormal, heavily skewed
+    ks = {}
+    for strata in (1, 10):
+        cfg = SplitConfig(strata=strata, test_block_km=15.0)
+        metrics = split_metrics(samples, assign_roles(samples, cfg, 8))
+        ks[strata] = metrics["val_ks_mean"]
+    assert ks[10] < 0.6 * ks[1], ks
+
+
+def test_metrics_report_sizes_distances_and_ks():
+    samples = point_cloud(8, 400, 60.0, 0.3)
+    cfg = SplitConfig(test_block_km=10.0)
+    split = assign_roles(samples, cfg, 2)
+    metrics = split_metrics(samples, split)
+    run = metrics["per_run"]["1"]
+    val = split[(split["run"] == 1) & (split["role"] == "val")]
+    assert run["val"]["rows"] == len(val)
+    assert run["val"]["target_mean"] == round(samples.set_index("row_id").loc[val["row_id"], "target"].mean(), 3)
+    assert run["val"]["sites"] == samples.set_index("row_id").loc[val["row_id"], "site_id"].nunique()
+    assert run["min_distance_val_train_km"] > 1.2 and run["min_distance_test_train_km"] > 1.2
+    assert metrics["min_distance_km"] == min(r[k] for r in metrics["per_run"].values()
+                                             for k in ("min_distance_val_train_km", "min_distance_test_train_km"))
+    assert 0 <= run["val_ks"] <= 1 and 0 <= run["val_ks_p"] <= 1
+    assert metrics["test_rows"] == run["test"]["rows"] and metrics["runs"] == 2
+
+
+def tiny_samples(world) -> pd.DataFrame:
+    """samples.parquet as the sample stage writes it, built from the tiny world's clean rows."""
+    points = pd.read_csv(world / "points.csv")
+    clean = pd.read_parquet(world / "truth.parquet")["dirty"].eq("").to_numpy()
+    points = points[clean].reset_index().rename(columns={"index": "row_id"})
+    x, y = Transformer.from_crs("EPSG:4326", "EPSG:25832", always_xy=True).transform(
+        points["GPS_LONG"].to_numpy(), points["GPS_LAT"].to_numpy())
+    by_id = pd.factorize(points["POINTID"])[0]
+    # revisits under a new id at the same coordinates join the site of the first
+    site = pd.Series(by_id).groupby([points["GPS_LONG"], points["GPS_LAT"]]).transform("min").to_numpy()
+    return pd.DataFrame({"row_id": points["row_id"].astype(np.int64), "site_id": site.astype(np.int64),
+                         "source_id": points["POINTID"].astype(str), "x": x, "y": y,
+                         "lon": points["GPS_LONG"], "lat": points["GPS_LAT"], "year": points["year"],
+                         "target": points["OC"], "valid_fraction": 1.0})
+
+
+@pytest.mark.parametrize("mode", ["holdout", "kfold"])
+def test_stage_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode):
+    samples = tiny_samples(tiny_world)
+    params = tiny_params(tiny_world, **{"split.mode": mode, "split.folds": 3, "split.test_block_km": 5.0})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/processed").mkdir(parents=True)
+    samples.to_parquet(tmp_path / split_stage.SAMPLES, index=False)
+    split_stage.main(params)
+    split = pd.read_parquet(tmp_path / split_stage.SPLIT)
+    assert list(split.columns) == ["row_id", "run", "role"]
+    check_guarantees(samples, split, params.split, params.train.num_runs)
+    metrics = json.loads((tmp_path / split_stage.METRICS).read_text())
+    assert metrics["rows"] == len(samples) and metrics["runs"] == (3 if mode == "kfold" else 2)
+    assert metrics["min_distance_km"] > params.split.distance_threshold
+    assert not list(tmp_path.glob("data/splits/.*.tmp")), "a temporary file was left behind"
+
+
+def test_stage_without_samples_says_what_to_run(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SocmapError, match="samples.parquet: not found; run `socmap sample` first"):
+        split_stage.main(tiny)
+
+
+def test_stage_rejects_a_bad_sample_table(tmp_path):
+    path = tmp_path / "samples.parquet"
+    point_cloud(9, 20, 5.0, 0.0).drop(columns="site_id").to_parquet(path)
+    with pytest.raises(SocmapError, match="missing columns site_id"):
+        split_stage.read_samples(path)
+    bad = point_cloud(9, 20, 5.0, 0.0)
+    bad.loc[3, "target"] = np.nan
+    bad.to_parquet(path)
+    with pytest.raises(SocmapError, match=f"target is not finite at row_id {bad.loc[3, 'row_id']}"):
+        split_stage.read_samples(path)
+
+
+def test_sample_then_split_on_the_tiny_world(tiny, tmp_path, monkeypatch):
+    from socmap.sample import sample
+
+    monkeypatch.chdir(tmp_path)
+    sample(tiny.data, tiny.sample, tmp_path / "data/processed")
+    split_stage.main(tiny)
+    samples = pd.read_parquet(tmp_path / split_stage.SAMPLES)
+    split = pd.read_parquet(tmp_path / split_stage.SPLIT)
+    check_guarantees(samples, split, tiny.split, tiny.train.num_runs)
+    assert samples["site_id"].nunique() < len(samples)  # revisits are there, and were kept together
