@@ -1,0 +1,251 @@
+"""The raster catalog, patch extraction and the region, on tiny GeoTIFFs whose values encode their place."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, reproject
+
+from socmap.config import Params, replace
+from socmap.errors import SocmapError
+from socmap.patches import extract_patches, fill_missing, window_years
+from socmap.rasters import RasterCatalog
+from socmap.region import Region
+
+CRS = "EPSG:25832"
+TRANSFORM = from_origin(600_000.0, 5_400_000.0, 1000.0, 1000.0)
+H, W = 12, 16
+YEARS = list(range(2010, 2015))
+NODATA_PIXEL = ("A", 2011, 3, 4)  # band, year, row, col
+
+
+def code(year, row, col):
+    """The value of band A at a pixel: year, row and column readable from its digits."""
+    return (np.asarray(year) - 2000) * 10000 + np.asarray(row) * 100 + np.asarray(col)
+
+
+def write(path, values, transform=TRANSFORM, crs=CRS, nodata=-9999.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
+                       dtype="float32", crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(values.astype(np.float32), 1)
+
+
+def coded_params(root, **overrides) -> Params:
+    """Params for the coded world under `root`: bands A (yearly), S (static), B (yearly), 2010-2014."""
+    return replace(Params(), **{
+        "data.rasters.dir": str(root), "data.bands": ["A", "S", "B"], "data.static_bands": ["S"],
+        "data.first_year": 2010, "data.last_year": 2014, "sample.time_before": 3, "map.years": [2014],
+        **overrides})
+
+
+@pytest.fixture
+def coded(tmp_path):
+    """Rasters on a 12×16 grid: A = code(year, row, col), B = -A, S = row·100 + col + 0.25."""
+    rows, cols = np.mgrid[0:H, 0:W]
+    for year in YEARS:
+        a = code(year, rows, cols).astype(np.float32)
+        if year == NODATA_PIXEL[1]:
+            a[NODATA_PIXEL[2], NODATA_PIXEL[3]] = -9999.0
+        write(tmp_path / "A" / f"{year}.tif", a)
+        write(tmp_path / "B" / f"{year}.tif", -code(year, rows, cols))
+    write(tmp_path / "S" / "static.tif", rows * 100.0 + cols + 0.25)
+    return tmp_path
+
+
+def expected_patch(row, col, survey_year, window=5, time_before=3):
+    """[C, w, w, T] of the coded world, NaN off the grid or at the nodata pixel."""
+    r = window // 2
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    rr, cc = row + dy, col + dx
+    inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+    out = np.full((3, window, window, time_before), np.nan)
+    for t, year in enumerate(range(survey_year - time_before + 1, survey_year + 1)):
+        a = np.where(inside, code(year, rr, cc), np.nan)
+        if year == NODATA_PIXEL[1]:
+            a[(rr == NODATA_PIXEL[2]) & (cc == NODATA_PIXEL[3])] = np.nan
+        out[0, ..., t] = a
+        out[1, ..., t] = np.where(inside, rr * 100.0 + cc + 0.25, np.nan)
+        out[2, ..., t] = np.where(inside, -code(year, rr, cc), np.nan)
+    return out
+
+
+@pytest.mark.parametrize("row, col", [(5, 7), (4, 4), (0, 8), (H - 1, 3), (0, 0), (H - 1, W - 1), (2, W - 1)])
+def test_patches_hold_their_own_pixels(coded, row, col):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    assert window_years(np.array([2013, 2012]), 3, 2010).tolist() == [[2011, 2012, 2013], [2010, 2011, 2012]]
+    at = (np.array([row, row]), np.array([col, col]), np.array([2013, 2012]))
+    patches, invalid = extract_patches(catalog, *at, 5, 3, fill=None)
+    assert patches.shape == (2, 3, 5, 5, 3) and patches.dtype == np.float32
+    np.testing.assert_array_equal(patches[0], expected_patch(row, col, 2013))  # chronological
+    np.testing.assert_array_equal(patches[1], expected_patch(row, col, 2012))
+    np.testing.assert_array_equal(invalid, np.isnan(patches).sum(axis=(2, 3)))
+    filled, invalid_filled = extract_patches(catalog, *at, 5, 3)
+    fill = catalog.fill_values
+    np.testing.assert_array_equal(filled, fill_missing(patches, [fill[b] for b in ("A", "S", "B")])[0])
+    np.testing.assert_array_equal(invalid_filled, invalid)
+
+
+def test_read_stack_is_boundless_and_matches_extraction(coded):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    stack = catalog.read_stack([2012, 2014], -2, -3, 6, 8)  # [C, h, w, T], reaching off the grid
+    assert stack.shape == (3, 6, 8, 2)
+    assert np.isnan(stack[:, :2]).all() and np.isnan(stack[:, :, :3]).all()
+    assert stack[0, 2, 3, 0] == code(2012, 0, 0) and stack[0, 5, 7, 1] == code(2014, 3, 4)
+    assert (stack[1, 2:, 3:, 0] == stack[1, 2:, 3:, 1]).all()  # static repeated over T
+    patch = extract_patches(catalog, np.array([6]), np.array([9]), np.array([2014]), 7, 3, fill=None)[0][0]
+    np.testing.assert_array_equal(patch, catalog.read_stack([2012, 2013, 2014], 3, 6, 7, 7))
+
+
+def test_early_years_repeat_the_first_year(coded):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    patch = extract_patches(catalog, np.array([5]), np.array([5]), np.array([2011]), 3, 4, fill=None)[0][0]
+    np.testing.assert_array_equal(patch, catalog.read_stack([2010, 2010, 2010, 2011], 4, 4, 3, 3))
+    assert patch[0, 1, 1].tolist() == [code(2010, 5, 5)] * 3 + [code(2011, 5, 5)]
+
+
+def test_fill_values_and_fill_missing(coded):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    rows, cols = np.mgrid[0:H, 0:W]
+    a = np.concatenate([code(y, rows, cols).ravel() for y in YEARS]).astype(float)
+    a = np.delete(a, (NODATA_PIXEL[1] - 2010) * H * W + NODATA_PIXEL[2] * W + NODATA_PIXEL[3])
+    fill = catalog.fill_values
+    assert fill["A"] == pytest.approx(a.mean()) and fill["S"] == pytest.approx((rows * 100.0 + cols + 0.25).mean())
+    stack = catalog.read_stack([2011], 2, 3, 3, 3)
+    filled, valid = fill_missing(stack, [fill[b] for b in ("A", "S", "B")])
+    assert not valid[0, 1, 1, 0] and valid.sum() == stack.size - 1
+    assert filled[0, 1, 1, 0] == np.float32(fill["A"]) and filled[0, 0, 0, 0] == code(2011, 2, 3)
+    assert np.isnan(stack[0, 1, 1, 0])  # not in place unless asked
+
+
+@pytest.mark.parametrize("how", ["nearest", "mean"])
+def test_missing_band_year_is_filled_as_stated(coded, how):
+    (coded / "B" / "2012.tif").unlink()
+    (coded / "B" / "2014.tif").unlink()
+    catalog = RasterCatalog.open(coded_params(coded, **{"data.rasters.missing_years": how}).data)
+    stack = catalog.read_stack([2012, 2014], 0, 0, H, W)[2]
+    rows, cols = np.mgrid[0:H, 0:W]
+    if how == "nearest":  # 2011 and 2013 are equally near 2012: the earlier wins
+        assert catalog.describe()["missing_band_years"] == {"B": {"2012": 2011, "2014": 2013}}
+        np.testing.assert_array_equal(stack[..., 0], -code(2011, rows, cols))
+        np.testing.assert_array_equal(stack[..., 1], -code(2013, rows, cols))
+    else:
+        mean = -np.mean([code(y, rows, cols) for y in (2010, 2011, 2013)], axis=0)
+        np.testing.assert_allclose(stack[..., 0], mean, rtol=1e-6)
+        np.testing.assert_allclose(stack[..., 1], mean, rtol=1e-6)
+
+
+def test_raster_in_another_crs_gives_the_values_of_a_direct_warp(coded):
+    """B exported by Google Earth Engine style: EPSG:4326, finer pixels, larger extent."""
+    src_transform = from_origin(10.30, 48.78, 0.004, 0.003)
+    lon_cols, lat_rows = np.meshgrid(np.arange(80), np.arange(70))
+    smooth = (np.sin(lon_cols / 9.0) * 50 + lat_rows * 3.0).astype(np.float32)
+    for year in YEARS:
+        write(coded / "B" / f"{year}.tif", smooth + year, transform=src_transform, crs="EPSG:4326")
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    assert {(w["band"], w["year"]) for w in catalog.warped} == {("B", y) for y in YEARS}
+    assert catalog.warped[0]["differs_in"][0] == "crs" and catalog.warped[0]["resampling"] == "bilinear"
+    direct = np.full((H, W), np.nan, dtype=np.float32)
+    reproject(smooth + 2013, direct, src_transform=src_transform, src_crs="EPSG:4326", src_nodata=-9999.0,
+              dst_transform=TRANSFORM, dst_crs=CRS, dst_nodata=np.nan, resampling=Resampling.bilinear)
+    assert np.isfinite(direct).mean() > 0.5  # the test grid overlaps the export
+    np.testing.assert_allclose(catalog.read_stack([2013], 0, 0, H, W)[2, ..., 0], direct, rtol=1e-5,
+                               equal_nan=True)
+    patches, _ = extract_patches(catalog, np.array([6]), np.array([8]), np.array([2013]), 5, 1, fill=None)
+    np.testing.assert_allclose(patches[0, 2, ..., 0], direct[4:9, 6:11], rtol=1e-5, equal_nan=True)
+
+
+def test_raster_on_the_grid_with_another_extent_is_read_shifted(coded):
+    rows, cols = np.mgrid[0:H, 0:W]
+    small = from_origin(600_000.0 + 2000, 5_400_000.0 - 3000, 1000.0, 1000.0)  # starts at row 3, col 2
+    write(coded / "S" / "static.tif", (rows * 100.0 + cols + 0.25)[3:10, 2:12], transform=small)
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    assert not catalog.warped and catalog.shifted[0]["offset"] == [-3, -2]
+    s = catalog.read_stack([2012], 0, 0, H, W)[1, ..., 0]
+    assert np.isnan(s[:3]).all() and np.isnan(s[10:]).all() and np.isnan(s[:, 12:]).all()
+    np.testing.assert_array_equal(s[3:10, 2:12], (rows * 100.0 + cols + 0.25)[3:10, 2:12])
+
+
+def test_reference_band_can_be_named(coded):
+    rows, cols = np.mgrid[0:2 * H, 0:2 * W]
+    write(coded / "S" / "static.tif", rows * 1.0, transform=from_origin(600_000.0, 5_400_000.0, 500.0, 500.0))
+    catalog = RasterCatalog.open(coded_params(coded, **{"data.rasters.reference": "S"}).data)
+    assert catalog.grid.res == (500.0, 500.0) and (catalog.grid.height, catalog.grid.width) == (2 * H, 2 * W)
+    assert {w["band"] for w in catalog.warped} == {"A", "B"}
+    assert json.dumps(catalog.describe())  # plain JSON for report.json
+
+
+def test_corrupt_geotiff_is_an_error_naming_the_file(coded):
+    bad = coded / "A" / "2012.tif"
+    bad.write_bytes(b"II*\x00 this is not a GeoTIFF" * 10)
+    with pytest.raises(SocmapError, match=r"A/2012\.tif.*band A year 2012.*not a readable raster"):
+        RasterCatalog.open(coded_params(coded).data)
+
+
+def test_missing_static_band_is_an_error(coded):
+    (coded / "S" / "static.tif").unlink()
+    with pytest.raises(SocmapError, match=r"static band S: file .*S/static\.tif not found"):
+        RasterCatalog.open(coded_params(coded).data)
+
+
+def test_band_missing_in_every_year_is_an_error(coded):
+    for year in YEARS:
+        (coded / "B" / f"{year}.tif").unlink()
+    with pytest.raises(SocmapError, match=r"band B: no file for any year 2010\.\.2014"):
+        RasterCatalog.open(coded_params(coded).data)
+
+
+def test_raster_without_crs_is_an_error(coded):
+    write(coded / "A" / "2013.tif", np.zeros((H, W)), crs=None)
+    with pytest.raises(SocmapError, match=r"A/2013\.tif .*no CRS"):
+        RasterCatalog.open(coded_params(coded).data)
+
+
+def test_catalog_survives_pickling(coded):
+    import pickle
+
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    clone = pickle.loads(pickle.dumps(catalog))  # what a worker process receives
+    np.testing.assert_array_equal(clone.read_stack([2014], 0, 0, H, W), catalog.read_stack([2014], 0, 0, H, W))
+
+
+def test_region_bbox_and_boundary_agree_on_points_and_pixels(coded, tmp_path):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    grid = catalog.grid
+    x, y = grid.centres(0, 0, H, W)
+    from pyproj import Transformer
+
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    bbox = [float(np.median(lon)), float(lat.min()) - 1, 20.0, float(np.median(lat))]
+    box = Region.from_config(coded_params(coded, **{"data.region.bbox": bbox}).data.region)
+    mask = box.mask(grid, 0, 0, H, W)
+    np.testing.assert_array_equal(mask, box.contains_lonlat(lon, lat))
+    assert 0.1 < mask.mean() < 0.5
+    # the same box as a polygon file in the grid's CRS: pixel centres west of x0 and south of y0
+    x0, y0 = x[0, 7] + 1.0, y[5, 0] + 1.0
+    polygon = {"type": "FeatureCollection",
+               "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::25832"}},
+               "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+                   [[0, 0], [x0, 0], [x0, y0], [0, y0], [0, 0]]]}}]}
+    path = tmp_path / "boundary.geojson"
+    path.write_text(json.dumps(polygon))
+    region = Region.from_config(coded_params(coded, **{"data.region.boundary": str(path)}).data.region)
+    expected = (x < x0) & (y < y0)
+    np.testing.assert_array_equal(region.mask(grid, 0, 0, H, W), expected)
+    np.testing.assert_array_equal(region.contains_lonlat(lon, lat), expected)
+    rings = region.outline(CRS)
+    assert len(rings) == 1 and np.allclose(rings[0][0].max(), x0)
+    with pytest.raises(SocmapError, match="boundary.*file not found"):
+        Region.from_config(coded_params(coded, **{"data.region.boundary": str(tmp_path / "nope.shp")}).data.region)
+
+
+def test_grid_index_puts_points_in_their_pixels(coded):
+    grid = RasterCatalog.open(coded_params(coded).data).grid
+    row, col = grid.index(np.array([600_000.5, 600_999.9, 601_000.0, 599_999.0, np.nan]),
+                          np.array([5_399_999.5, 5_398_000.1, 5_389_000.0, 5_399_000.0, 0.0]))
+    assert row[:3].tolist() == [0, 1, 11] and col[:3].tolist() == [0, 0, 1]
+    assert grid.contains_index(row, col).tolist() == [True, True, True, False, False]
