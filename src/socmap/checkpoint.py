@@ -1,0 +1,47 @@
+"""Checkpoints as plain data: tensors, numbers, strings, lists and dicts, written atomically.
+
+Checkpoints reach users through `dvc pull` from shared remotes; unpickling
+arbitrary objects from them would run code, so they hold no classes and load
+with ``torch.load(weights_only=True)`` only.
+
+A model checkpoint (models/run_{k}.pt, models/best.pt) is a dict with
+``format`` (FORMAT), ``model`` (build_model's arguments: name, bands, window_size,
+hidden_size, num_layers, dropout, plus band_names and time_before),
+``state_dict``, ``features`` (FeatureNorm.to_dict), ``target`` (TargetTransform.to_dict),
+``params`` (the whole params.yaml as a dict), ``run``, ``epoch`` and
+``val_metrics``. Resume checkpoints add the optimiser and scheduler states.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from socmap.errors import SocmapError
+from socmap.io import atomic_path
+
+FORMAT = "socmap-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write `checkpoint` to `path` atomically (a half-written file never takes the name)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **checkpoint}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a `SocmapError` when missing or not a socmap checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise SocmapError(f"{path}: checkpoint not found; run `socmap train` (or `dvc pull`) first")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a corrupt file, or one carrying pickled objects
+        raise SocmapError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise SocmapError(f"{path}: not a {FORMAT} file; retrain with `socmap train`")
+    return checkpoint

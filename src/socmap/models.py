@@ -1,0 +1,104 @@
+"""The CNN-LSTM of the original (`RefittedCovLSTM`) and two ablations that drop one of its parts.
+
+Every model takes patches ``[B, C, H, W, T]`` (bands in `data.bands` order, time
+chronological, the last step the survey year), already normalised, and returns
+one value per row ``[B]`` in the transformed target space.
+
+- ``refitted_cov_lstm``: a small CNN on every year's patch, an LSTM over the
+  years, and a head that joins the LSTM's last output with the CNN features of
+  the survey year.
+- ``cnn``: the same CNN on the survey year only (no time series).
+- ``lstm``: the same LSTM on the centre pixel's time series only (no neighbourhood).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from socmap.errors import SocmapError
+
+MODELS = ("refitted_cov_lstm", "cnn", "lstm")
+CNN_FEATURES = 128
+
+
+class PatchCNN(nn.Module):
+    """Two 3×3 convolutions with 2×2 max-pooling and a dense layer: one patch to 128 features."""
+
+    def __init__(self, bands: int, window_size: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(bands, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc_cnn = nn.Sequential(nn.Linear(64 * (window_size // 4) ** 2, CNN_FEATURES), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # [N, 32, w//2, w//2]
+        x = self.conv2(x)  # [N, 64, w//4, w//4]
+        return self.fc_cnn(x.flatten(1))  # [N, 128]
+
+
+class RefittedCovLSTM(nn.Module):
+    """The original CNN-LSTM, fed in chronological order."""
+
+    def __init__(self, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
+                 dropout: float = 0.25):
+        super().__init__()
+        self.cnn = PatchCNN(bands, window_size)
+        self.lstm = nn.LSTM(CNN_FEATURES, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.fc_lstm = nn.Sequential(nn.Linear(hidden_size, 64), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(64 + CNN_FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w, t = x.shape
+        frames = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)  # [B*T, C, H, W]
+        features = self.cnn(frames).reshape(b, t, CNN_FEATURES)  # [B, T, 128]
+        sequence, _ = self.lstm(features)  # [B, T, hidden]
+        recent = self.fc_lstm(sequence[:, -1])  # [B, 64]
+        joined = torch.cat([recent, features[:, -1]], dim=1)  # [B, 192]
+        return self.head(joined).squeeze(1)  # [B]
+
+
+class SurveyYearCNN(nn.Module):
+    """Ablation without the LSTM: the CNN on the survey year's patch only."""
+
+    def __init__(self, bands: int, window_size: int):
+        super().__init__()
+        self.cnn = PatchCNN(bands, window_size)
+        self.head = nn.Sequential(nn.Linear(CNN_FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.cnn(x[..., -1])  # [B, C, H, W] -> [B, 128]
+        return self.head(features).squeeze(1)  # [B]
+
+
+class CentrePixelLSTM(nn.Module):
+    """Ablation without the convolution: the LSTM on the centre pixel's time series only."""
+
+    def __init__(self, bands: int, hidden_size: int = 128, num_layers: int = 2, dropout: float = 0.25):
+        super().__init__()
+        self.lstm = nn.LSTM(bands, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Linear(hidden_size, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                                  nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x.shape[2] // 2
+        series = x[:, :, centre, centre, :].transpose(1, 2)  # [B, T, C]
+        sequence, _ = self.lstm(series)  # [B, T, hidden]
+        return self.head(sequence[:, -1]).squeeze(1)  # [B]
+
+
+def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
+                dropout: float = 0.25) -> nn.Module:
+    """The model called `name` (train.model) for patches of `bands` × `window_size`² pixels."""
+    if name not in MODELS:
+        raise SocmapError(f"train.model = {name!r}: must be one of {', '.join(MODELS)}")
+    if name != "lstm" and window_size < 4:
+        raise SocmapError(f"sample.window_size = {window_size}: train.model = {name} pools the patch twice "
+                          "by 2, so it needs a window of at least 5 pixels (or use train.model = lstm)")
+    if name == "refitted_cov_lstm":
+        return RefittedCovLSTM(bands, window_size, hidden_size, num_layers, dropout)
+    if name == "cnn":
+        return SurveyYearCNN(bands, window_size)
+    return CentrePixelLSTM(bands, hidden_size, num_layers, dropout)

@@ -1,0 +1,262 @@
+"""The train stage on a small learnable data set written in the sample and split stages' file formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_params
+from socmap import train
+from socmap.checkpoint import load_checkpoint
+from socmap.config import params_to_dict
+from socmap.errors import SocmapError
+from socmap.launch import launch_command, relaunch
+from socmap.metrics import regression_metrics
+from socmap.predict import Predictor, load_ensemble
+
+ROWS, BANDS, WINDOW, YEARS = 600, 6, 5, 3
+FAST = {"train.epochs": 8, "train.lr": 3e-3, "train.scheduler": "none", "train.batch_size": 64,
+        "train.patience": 0, "train.num_runs": 2}
+
+
+def write_inputs(root: Path, seed: int = 0) -> None:
+    """patches.npy, samples.parquet and split.parquet as the sample and split stages write them, with a
+    target (g/kg) that depends on a neighbourhood mean in the survey year and on a centre-pixel trend."""
+    rng = np.random.default_rng(seed)
+    level = rng.normal(size=(ROWS, BANDS, 1, 1, YEARS))  # smooth in space, as rasters are
+    z = (level + 0.3 * rng.normal(size=(ROWS, BANDS, WINDOW, WINDOW, YEARS))).astype(np.float32)
+    scale = np.array([300.0, 1.0, 5.0, 100.0, 40.0, 60.0], dtype=np.float32)  # raw units, unlike each other
+    offset = np.array([500.0, 3.0, 10.0, 600.0, 150.0, 550.0], dtype=np.float32)
+    patches = z * scale[None, :, None, None, None] + offset[None, :, None, None, None]
+    log_soc = 3.0 + 0.4 * level[:, 1, 0, 0, -1] + 0.3 * level[:, 3, 0, 0, 0]
+    target = np.exp(log_soc + 0.05 * rng.normal(size=ROWS))
+    (root / "data/processed").mkdir(parents=True)
+    (root / "data/splits").mkdir(parents=True)
+    np.save(root / "data/processed/patches.npy", patches)
+    row_id = np.arange(ROWS, dtype=np.int64) * 2 + 7  # not the positions: row_id must be looked up
+    pd.DataFrame({"row_id": row_id, "site_id": np.arange(ROWS), "x": rng.uniform(0, 2e4, ROWS),
+                  "y": rng.uniform(0, 2e4, ROWS), "year": 2018, "target": target}
+                 ).to_parquet(root / "data/processed/samples.parquet")
+    test = rng.random(ROWS) < 0.1
+    frames = []
+    for run in range(3):
+        val = (np.random.default_rng(run).random(ROWS) < 0.12) & ~test
+        roles = np.where(test, "test", np.where(val, "val", "train"))
+        roles[np.flatnonzero(~test & ~val)[:5]] = "buffer"
+        frames.append(pd.DataFrame({"row_id": row_id, "run": run, "role": roles}))
+    pd.concat(frames).to_parquet(root / "data/splits/split.parquet")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As `socmap train` runs by default (train.threads: 1): fast and steady on a busy machine too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    write_inputs(root)
+    return root
+
+
+def params_for(project: Path, **overrides):
+    return tiny_params(project / "world", **{**FAST, **overrides})
+
+
+def run_train(project: Path, out: Path, params, callback=None, fingerprint: str = "same") -> dict:
+    patches, samples, split = train.read_inputs(project / train.PATCHES, project / train.SAMPLES,
+                                                project / train.SPLIT)
+    return train.train_all(patches, samples, split, params, train.make_accelerator(params.train),
+                           out / "models", out / "metrics/train", out / "resume/train", fingerprint, callback)
+
+
+def val_rows(project: Path, run: int) -> tuple[np.ndarray, np.ndarray]:
+    patches = np.load(project / train.PATCHES, mmap_mode="r")
+    samples = pd.read_parquet(project / train.SAMPLES)
+    _, val = train.run_rows(samples, pd.read_parquet(project / train.SPLIT), run)
+    return patches[val], samples["target"].to_numpy()[val]
+
+
+@pytest.fixture(scope="module")
+def trained(project, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    records = []
+    summary = run_train(project, out, params_for(project), callback=lambda run, r: records.append((run, r)))
+    return out, summary, records
+
+
+def test_training_learns_and_writes_every_output(trained):
+    out, summary, records = trained
+    assert summary["val_r2_mean"] > 0.4, summary
+    assert [(run, r["epoch"]) for run, r in records] == [(run, e) for run in range(2) for e in range(8)]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["best.pt", "run_0.pt", "run_1.pt"]
+    metrics = json.loads((out / "metrics/train/metrics.json").read_text())
+    for key in ("val_r2_mean", "val_r2_std", "val_rmse_mean"):
+        assert metrics[key] == pytest.approx(summary[key])
+    for run in range(2):
+        lines = (out / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["step", "val_r2"]
+        assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(8))
+    assert list((out / "resume/train").iterdir()) == [], "the resume state is cleared once training completes"
+
+
+def test_saved_checkpoint_is_the_best_epoch_and_reproduces_its_metrics(project, trained):
+    out, summary, records = trained
+    best_not_last = 0
+    for run, predictor in enumerate(load_ensemble(out / "models")):
+        history = [r for k, r in records if k == run]
+        best = max(history, key=lambda r: r["val_r2"])
+        assert predictor.run == run and predictor.epoch == best["epoch"]
+        patches, target = val_rows(project, run)
+        again = regression_metrics(target, predictor.predict(patches, batch_size=17))
+        for key in ("r2", "rmse", "mae", "rpiq"):
+            assert again[key] == pytest.approx(best[f"val_{key}"], rel=1e-5, abs=1e-6)
+            assert predictor.val_metrics[key] == pytest.approx(best[f"val_{key}"], rel=1e-12)
+        if best["epoch"] != history[-1]["epoch"]:
+            best_not_last += 1
+            assert again["r2"] != pytest.approx(history[-1]["val_r2"], rel=1e-5)  # not the last epoch's weights
+    assert best_not_last, "the test needs a run whose best epoch is not its last"
+    best = Predictor.load(out / "models/best.pt")
+    assert best.run == summary["best_run"] == int(np.argmax([summary[f"run{k}"]["val_r2"] for k in range(2)]))
+    saved = load_checkpoint(out / "models/run_0.pt")
+    assert set(saved) >= {"model", "state_dict", "features", "target", "params", "run", "epoch", "val_metrics"}
+    assert saved["params"]["train"]["lr"] == 3e-3 and saved["target"]["kind"] == "normalize"
+    assert tuple(saved["features"]["mean"].shape) == (BANDS, YEARS)
+
+
+def test_predictor_rejects_patches_of_another_shape(trained):
+    out, _, _ = trained
+    predictor = Predictor.load(out / "models/run_0.pt")
+    with pytest.raises(SocmapError, match=r"run_0.pt: patches of shape \(6, 5, 5, 4\).*\(6, 5, 5, 3\)"):
+        predictor.predict(np.zeros((2, 6, 5, 5, 4), dtype=np.float32))
+    with pytest.raises(SocmapError, match="no run_"):
+        load_ensemble(out / "metrics")
+
+
+def test_same_params_give_the_same_metrics(project, trained, tmp_path):
+    _, summary, _ = trained
+    assert run_train(project, tmp_path, params_for(project)) == summary
+
+
+def test_interrupted_training_resumes_and_its_logs_continue(project, trained, tmp_path):
+    _, summary, _ = trained
+    params = params_for(project, **{"train.checkpoint_every": 2})
+
+    def interrupt(run, record):
+        if (run, record["epoch"]) == (1, 4):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(project, tmp_path, params, interrupt)
+    assert sorted(p.name for p in (tmp_path / "resume/train").iterdir()) == ["run_0.pt", "run_1.pt"]
+    seen = []
+    resumed = run_train(project, tmp_path, params, lambda run, r: seen.append((run, r["epoch"])))
+    assert seen == [(1, 4), (1, 5), (1, 6), (1, 7)]  # run 0 was done; run 1 goes on after its epoch-3 checkpoint
+    assert resumed == summary  # exactly where the uninterrupted training got to
+    for run in range(2):
+        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/train_loss.tsv").read_text().splitlines()
+        assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(8))
+
+
+def test_resume_state_from_other_params_is_not_used(project, tmp_path):
+    params = params_for(project, **{"train.epochs": 2, "train.num_runs": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run_train(project, tmp_path, params, lambda run, r: (_ for _ in ()).throw(KeyboardInterrupt),
+                  fingerprint="before")
+    seen = []
+    run_train(project, tmp_path, params, lambda run, r: seen.append(r["epoch"]), fingerprint="after")
+    assert seen == [0, 1]
+
+
+def test_early_stopping_ends_a_run_after_patience_epochs_without_progress(project, tmp_path):
+    params = params_for(project, **{"train.num_runs": 1, "train.epochs": 30, "train.patience": 2})
+    records = []
+    summary = run_train(project, tmp_path, params, lambda run, r: records.append(r))
+    assert len(records) < 30
+    best = max(range(len(records)), key=lambda e: records[e]["val_r2"])
+    assert summary["run0"]["best_epoch"] == best == len(records) - 1 - 2
+
+
+@pytest.mark.parametrize("overrides", [
+    {"train.model": "cnn", "train.loss_type": "l1"},
+    {"train.model": "lstm", "train.loss_type": "mse", "train.target_transform": "log"},
+    {"train.loss_type": "composite_l1", "train.target_transform": "none", "train.scheduler": "plateau"},
+    {"train.loss_type": "composite_l2", "train.scheduler": "cosine", "train.balanced": False},
+])
+def test_every_model_loss_transform_and_schedule_trains(project, tmp_path, overrides):
+    params = params_for(project, **{"train.epochs": 2, "train.num_runs": 1, **overrides})
+    summary = run_train(project, tmp_path, params)
+    assert np.isfinite(summary["val_r2_mean"]) and summary["val_rmse_mean"] > 0
+    predictor = Predictor.load(tmp_path / "models/run_0.pt")
+    assert type(predictor.model).__name__ == {"cnn": "SurveyYearCNN", "lstm": "CentrePixelLSTM"}.get(
+        params.train.model, "RefittedCovLSTM")
+    assert predictor.target.kind == params.train.target_transform
+
+
+def test_epoch_order_is_seeded_by_run_and_epoch(project):
+    cfg = params_for(project).train
+    targets = np.random.default_rng(0).lognormal(3, 0.6, 300)
+    first = train.epoch_order(targets, cfg, run=0, epoch=3)
+    np.testing.assert_array_equal(first, train.epoch_order(targets, cfg, run=0, epoch=3))
+    assert not np.array_equal(first, train.epoch_order(targets, cfg, run=0, epoch=4))
+    assert len(first) >= 300 and set(first.tolist()) == set(range(300))  # every row, plus upsampled extras
+    plain = train.epoch_order(targets, params_for(project, **{"train.balanced": False}).train, run=0, epoch=3)
+    assert sorted(plain.tolist()) == list(range(300))
+
+
+def test_input_errors_name_the_file_and_the_fix(project, tmp_path):
+    with pytest.raises(SocmapError, match="patches.npy: not found; run `socmap sample`"):
+        train.read_inputs(tmp_path / "patches.npy", project / train.SAMPLES, project / train.SPLIT)
+    samples, split = pd.read_parquet(project / train.SAMPLES), pd.read_parquet(project / train.SPLIT)
+    with pytest.raises(SocmapError, match=r"run 5 has no train rows; runs present: \[0, 1, 2\].*train.num_runs"):
+        train.run_rows(samples, split, 5)
+    with pytest.raises(SocmapError, match="sample.time_before"):
+        run_train(project, tmp_path, params_for(project, **{"sample.time_before": 5}))
+
+
+def test_one_process_is_not_relaunched():
+    assert relaunch("train", 1, "") is False
+    command = launch_command("train", 2, "--main_process_port 29999", "p.yaml")
+    assert command[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
+    assert command[command.index("--num_processes") + 1] == "2"
+    assert command.count("--main_process_port") == 1
+    assert command[-5:] == ["-m", "socmap.cli", "--params", "p.yaml", "train"]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_model_and_log_once(project, tmp_path):
+    for name in ("data",):
+        os.symlink(project / name, tmp_path / name)
+    params = params_for(project, **{"train.num_processes": 2, "train.epochs": 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_to_dict(params)))
+    done = subprocess.run([sys.executable, "-m", "socmap.cli", "train"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in range(2):
+        for epoch in (1, 2):
+            assert done.stderr.count(f"run {run} epoch {epoch}/2:") == 1, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["best.pt", "run_0.pt", "run_1.pt"]
+    for run in range(2):
+        predictor = Predictor.load(tmp_path / f"models/run_{run}.pt")
+        patches, target = val_rows(project, run)
+        assert predictor.val_metrics["n"] == len(target)  # both processes' validation rows, gathered
+        again = regression_metrics(target, predictor.predict(patches))
+        assert again["r2"] == pytest.approx(predictor.val_metrics["r2"], rel=1e-5, abs=1e-6)
+        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
+        assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 1]
+    metrics = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
+    assert {"val_r2_mean", "val_r2_std", "val_rmse_mean"} <= set(metrics)
+    assert list((tmp_path / "resume/train").iterdir()) == []
