@@ -145,7 +145,7 @@ class TrainConfig:
     loss_sigma: float = field(default=3.0, metadata=_range(gt=0))  # g/kg, floor of the per-row uncertainty
     loss_sigma_relative: float = field(default=0.1, metadata=_range(ge=0))  # share of OC added to sigma
     target_transform: Literal["none", "log", "normalize"] = "normalize"
-    lr: float = field(default=2e-4, metadata=_range(gt=0, le=1))
+    lr: float = field(default=2e-3, metadata=_range(gt=0, le=1))
     weight_decay: float = field(default=1e-4, metadata=_range(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     batch_size: int = field(default=256, metadata=_range(ge=1))
@@ -160,7 +160,9 @@ class TrainConfig:
     num_layers: int = field(default=2, metadata=_range(ge=1, le=8))
     dropout: float = field(default=0.25, metadata=_range(ge=0, lt=1))
     seed: int = field(default=0, metadata=_range(ge=0))
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # used on GPU only
+    # fp32: full precision; fp16 / bf16 on GPU only. Not "no": `dvc exp run -S` writes it unquoted, YAML reads False
+    mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    threads: int = field(default=1, metadata=_range(ge=0))  # torch CPU threads per process; 0: one per core
     num_processes: int = field(default=1, metadata=_range(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
     checkpoint_every: int = field(default=1, metadata=_range(ge=1))  # epochs between resume checkpoints
@@ -171,6 +173,7 @@ class EvaluateConfig:
     interval: float = field(default=0.9, metadata=_range(gt=0, lt=1))
     bootstrap: int = field(default=1000, metadata=_range(ge=0))
     rf_trees: int = field(default=300, metadata=_range(ge=1))
+    rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=_range(ge=1))  # tuned on validation
     seed: int = field(default=0, metadata=_range(ge=0))
     batch_size: int = field(default=2048, metadata=_range(ge=1))
 
