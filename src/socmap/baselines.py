@@ -1,0 +1,90 @@
+"""What a soil scientist would use instead of the network, fitted on the same training rows.
+
+- ``training_mean``: the mean target of the training rows (the floor: r2 ≈ 0).
+- ``rf_survey_year``: a random forest on the centre pixel of every band in the survey year, the
+  usual digital-soil-mapping set-up.
+- ``rf_features``: a random forest on hand-made context and history features: the centre pixel and
+  the window mean of every band in every year of the window, and the centre minus the window mean in
+  the survey year (the terrain-position idea behind TPI); static bands once, not once per year.
+
+The forests' leaf size is tuned on each run's validation rows only; the test rows are only predicted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import RandomForestRegressor
+
+from socmap.errors import SocmapError
+from socmap.metrics import r2_score
+
+BASELINES = ("training_mean", "rf_survey_year", "rf_features")
+TUNING_TREES = 50  # enough trees to rank leaf sizes; the chosen one is refitted with evaluate.rf_trees
+
+
+def survey_year_features(patches: np.ndarray) -> np.ndarray:
+    """[N, C]: every band's centre pixel in the survey year (the last time step)."""
+    centre = patches.shape[2] // 2
+    return np.asarray(patches[:, :, centre, centre, -1], dtype=np.float32)
+
+
+def history_features(patches: np.ndarray, static: np.ndarray) -> np.ndarray:
+    """[N, F]: centre pixel and window mean of every band and year, and centre − window mean in the survey year.
+
+    Args:
+        patches: [N, C, W, W, T] raw patches.
+        static: [C] bool, True for bands repeated over time (kept once).
+    """
+    patches = np.asarray(patches, dtype=np.float32)
+    centre = patches.shape[2] // 2
+    point = patches[:, :, centre, centre, :]  # [N, C, T]
+    window = patches.mean(axis=(2, 3))  # [N, C, T]
+    static = np.asarray(static, dtype=bool)
+    columns = []
+    for values in (point, window):
+        columns += [values[:, static, -1], values[:, ~static, :].reshape(len(patches), -1)]
+    columns.append(point[:, :, -1] - window[:, :, -1])
+    return np.concatenate(columns, axis=1)
+
+
+def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,
+               leaf_sizes: tuple[int, ...], seed: int) -> tuple[RandomForestRegressor, int]:
+    """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees."""
+    def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
+        # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest)
+        return RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3,
+                                     n_jobs=-1, random_state=seed).fit(x_train, y_train)
+
+    if len(leaf_sizes) > 1:
+        scores = [r2_score(y_val, forest(min(trees, TUNING_TREES), leaf).predict(x_val)) for leaf in leaf_sizes]
+        leaf = leaf_sizes[int(np.nanargmax(scores))]
+    else:
+        leaf = leaf_sizes[0]
+    return forest(trees, leaf), leaf
+
+
+def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
+                         trees: int, leaf_sizes: tuple[int, ...], seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Each baseline's prediction of each run's test rows, fitted on that run's training rows.
+
+    Args:
+        patches: [N, C, W, W, T]; static: [C] bool; targets: [N] g/kg.
+        roles: [K, N] role of every row in every run (train, val, test, buffer).
+    Returns:
+        ({baseline: [K, N] predictions, NaN where the row is not test in that run},
+         {baseline: {"min_samples_leaf": [per run]}}).
+    """
+    if not leaf_sizes:
+        raise SocmapError("evaluate.rf_min_samples_leaf = []: give at least one leaf size, e.g. [5]")
+    features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
+    runs, rows = roles.shape
+    predictions = {name: np.full((runs, rows), np.nan) for name in BASELINES}
+    chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
+    for run in range(runs):
+        train, val, test = (roles[run] == role for role in ("train", "val", "test"))
+        predictions["training_mean"][run, test] = targets[train].mean()
+        for name, x in features.items():
+            model, leaf = fit_forest(x[train], targets[train], x[val], targets[val], trees, leaf_sizes, seed + run)
+            predictions[name][run, test] = model.predict(x[test])
+            chosen[name]["min_samples_leaf"].append(leaf)
+    return predictions, chosen

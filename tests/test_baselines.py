@@ -1,0 +1,70 @@
+"""Baselines: the features they see, and that they fit on training rows and predict only test rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from socmap.baselines import baseline_predictions, fit_forest, history_features, survey_year_features
+from socmap.errors import SocmapError
+from socmap.metrics import r2_score
+
+
+def coded_patches(n: int = 2, bands: int = 3, window: int = 3, years: int = 4) -> np.ndarray:
+    """A patch whose value encodes (row, band, i, j, t) as row·1e4 + band·1e3 + i·100 + j·10 + t."""
+    r, c, i, j, t = np.indices((n, bands, window, window, years))
+    return (r * 1e4 + c * 1e3 + i * 100 + j * 10 + t).astype(np.float32)
+
+
+def test_survey_year_features_are_the_centre_pixel_in_the_last_year():
+    features = survey_year_features(coded_patches())
+    assert features.shape == (2, 3)
+    assert np.array_equal(features[1], [10000 + 0 + 113, 10000 + 1000 + 113, 10000 + 2000 + 113])
+
+
+def test_history_features_hold_centre_window_mean_and_context():
+    patches = coded_patches()
+    static = np.array([True, False, False])
+    features = history_features(patches, static)
+    # centre: 1 static + 2×4 yearly; window mean: the same; centre − mean: 3 bands
+    assert features.shape == (2, (1 + 8) * 2 + 3)
+    row = features[0]
+    assert row[0] == 113  # static band, centre, last year, once
+    assert np.array_equal(row[1:9], [1110, 1111, 1112, 1113, 2110, 2111, 2112, 2113])
+    assert np.allclose(row[9], 113)  # window mean of a static band: mean of i·100 + j·10 = 110, + t = 3
+    assert np.allclose(row[-3:], 0.0)  # centre = window mean for this linear code
+
+
+def test_forests_fit_training_rows_and_predict_only_test_rows():
+    rng = np.random.default_rng(0)
+    n, years = 600, 4
+    patches = rng.normal(size=(n, 2, 3, 3, years)).astype(np.float32)
+    # the target lives in the history (the first year's window mean), which the survey-year centre misses
+    target = 20.0 + 15.0 * patches[:, 1, :, :, 0].mean(axis=(1, 2)) + rng.normal(0, 0.3, n)
+    roles = np.where(np.arange(n) < 400, "train", np.where(np.arange(n) < 480, "val", "test"))
+    roles = np.stack([roles, roles])
+    roles[1, :40] = "buffer"
+    predictions, chosen = baseline_predictions(patches, np.array([False, False]), target, roles, trees=30,
+                                               leaf_sizes=(1, 5, 20), seed=0)
+    test = roles[0] == "test"
+    for name, values in predictions.items():
+        assert values.shape == (2, n) and np.isnan(values[:, ~test]).all() and np.isfinite(values[:, test]).all()
+    assert np.allclose(predictions["training_mean"][0, test], target[:400].mean())
+    assert np.allclose(predictions["training_mean"][1, test], target[40:400].mean())
+    rich = r2_score(target[test], predictions["rf_features"][0, test])
+    plain = r2_score(target[test], predictions["rf_survey_year"][0, test])
+    assert rich > 0.6 and plain < 0.2
+    assert all(leaf in (1, 5, 20) for leaf in chosen["rf_features"]["min_samples_leaf"])
+
+
+def test_leaf_size_is_chosen_on_validation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 3))
+    y = 0.5 * x[:, 0] + rng.normal(0, 2.0, 500)  # mostly noise: large leaves generalise better
+    _, leaf = fit_forest(x[:300], y[:300], x[300:], y[300:], trees=30, leaf_sizes=(1, 50), seed=0)
+    assert leaf == 50
+    model, leaf = fit_forest(x[:300], y[:300], x[300:], y[300:], trees=7, leaf_sizes=(3,), seed=0)
+    assert leaf == 3 and model.n_estimators == 7
+    with pytest.raises(SocmapError, match=r"evaluate.rf_min_samples_leaf = \[\]"):
+        baseline_predictions(np.zeros((4, 1, 1, 1, 1)), np.array([False]), np.ones(4),
+                             np.array([["train"] * 4]), trees=2, leaf_sizes=(), seed=0)
