@@ -157,6 +157,10 @@ def test_raster_in_another_crs_gives_the_values_of_a_direct_warp(coded):
                                equal_nan=True)
     patches, _ = extract_patches(catalog, np.array([6]), np.array([8]), np.array([2013]), 5, 1, fill=None)
     np.testing.assert_allclose(patches[0, 2, ..., 0], direct[4:9, 6:11], rtol=1e-5, equal_nan=True)
+    # a window reaching beyond the grid holds the same warped values on the grid, NaN beyond
+    edge = catalog.read_stack([2013], -3, W - 6, 9, 9)[2, ..., 0]
+    assert np.isnan(edge[:3]).all() and np.isnan(edge[:, 6:]).all()
+    np.testing.assert_array_equal(edge[3:, :6], catalog.read_stack([2013], 0, W - 6, 6, 6)[2, ..., 0])
 
 
 def test_raster_on_the_grid_with_another_extent_is_read_shifted(coded):

@@ -207,21 +207,9 @@ def band_descriptions(years: Sequence[int], interval: float) -> dict[str, list[s
 
 
 def read_halo(catalog: RasterCatalog, years: Sequence[int], block: Window, halo: int) -> np.ndarray:
-    """float32 [C, h + 2·halo, w + 2·halo, T] of a block and its halo, NaN beyond the grid.
-
-    Only the part on the grid is read, the rest padded with NaN, as the sample stage pads its
-    whole-grid reads: GDAL warps a window that reaches beyond its source with another kernel scale,
-    so a warped band (the finer Elevation) would differ at the edge blocks otherwise.
-    """
-    grid = catalog.grid
-    top, left = block.row_off - halo, block.col_off - halo
-    bottom, right = block.row_off + block.height + halo, block.col_off + block.width + halo
-    r0, r1, c0, c1 = max(top, 0), min(bottom, grid.height), max(left, 0), min(right, grid.width)
-    stack = catalog.read_stack(years, r0, c0, r1 - r0, c1 - c0)
-    if (r0, r1, c0, c1) == (top, bottom, left, right):
-        return stack
-    return np.pad(stack, ((0, 0), (r0 - top, bottom - r1), (c0 - left, right - c1), (0, 0)),
-                  constant_values=np.nan)
+    """float32 [C, h + 2·halo, w + 2·halo, T] of a block and its halo, NaN beyond the grid."""
+    return catalog.read_stack(years, block.row_off - halo, block.col_off - halo,
+                              block.height + 2 * halo, block.width + 2 * halo)
 
 
 def distributed() -> tuple[int, int, Callable[[object], list | None]]:

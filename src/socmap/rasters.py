@@ -218,15 +218,21 @@ class RasterCatalog:
         years it stands for; NaN for nodata and beyond the raster."""
         if band not in self.cfg.bands:
             raise SocmapError(f"band {band}: not in data.bands ({', '.join(self.cfg.bands)})")
-        window = (row_off, col_off, height, width)
+        # Only the part on the grid is read, the rest is NaN: GDAL warps a window that reaches beyond
+        # its source with another kernel footprint, so a warped band would depend on the window.
+        r0, r1 = max(row_off, 0), min(row_off + height, self.grid.height)
+        c0, c1 = max(col_off, 0), min(col_off + width, self.grid.width)
+        out = np.full((len(years), height, width), np.nan, dtype=np.float32)
+        if r0 >= r1 or c0 >= c1:
+            return out
+        window = (r0, c0, r1 - r0, c1 - c0)
         sources = [self.source(band, int(year)) for year in years]
         files = list({f.path: f for s in sources for f in (s if isinstance(s, tuple) else (s,))}.values())
         # GDAL decompresses with the GIL released: read the files in threads, each its own dataset.
         with ThreadPoolExecutor(min(READ_THREADS, len(files) or 1)) as pool:
             cache = dict(zip((f.path for f in files), pool.map(lambda f: self._read_file(f, *window), files)))
-        out = np.empty((len(years), height, width), dtype=np.float32)
         for t, source in enumerate(sources):
-            out[t] = self._read_source(source, window, cache)
+            out[t, r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off] = self._read_source(source, window, cache)
         return out
 
     @property
