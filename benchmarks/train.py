@@ -1,7 +1,8 @@
 """Training speed: samples per second, and the data pipeline's overhead.
 
 The overhead is the ratio of a real epoch's time (balanced sampling, batches
-gathered from the run's rows, forward, backward, clipping, optimiser step) to
+gathered from the run's rows, their random window symmetries when train.augment
+is on, forward, backward, clipping, optimiser step) to
 the time of the same number of forward/backward steps on one batch that is
 already in place. Target: ≤ 1.15 on CPU, ≤ 1.3 on CUDA. Random patches of the
 default shape (6 bands, 5×5 pixels, 5 years) stand in for the sample stage's,
@@ -93,7 +94,7 @@ def main() -> None:
 
     def real_epoch() -> None:
         order = train.epoch_order(data.target_train, cfg, run=0, epoch=1)
-        train.train_epoch(model, optimizer, data, order, cfg, accelerator)
+        train.train_epoch(model, optimizer, data, order, cfg, accelerator, train.augmenter(cfg, 0, 1, 0))
 
     fixed_batch_steps()  # warm-up: allocator, kernels
     epoch_s = best_time(real_epoch, args.repeats)
@@ -103,6 +104,7 @@ def main() -> None:
         "device": str(accelerator.device),
         "threads": torch.get_num_threads(),
         "model": cfg.model,
+        "augment": cfg.augment,
         "rows_per_epoch": len(order),
         "batch_size": cfg.batch_size,
         "steps": steps,

@@ -22,6 +22,7 @@ from socmap.errors import SocmapError
 from socmap.launch import launch_command, relaunch
 from socmap.metrics import regression_metrics
 from socmap.predict import Predictor, load_ensemble
+from socmap.transforms import DIHEDRAL, dihedral, random_dihedral
 
 ROWS, BANDS, WINDOW, YEARS = 600, 6, 5, 3
 FAST = {"train.epochs": 8, "train.lr": 3e-3, "train.scheduler": "none", "train.batch_size": 64,
@@ -215,6 +216,62 @@ def test_epoch_order_is_seeded_by_run_and_epoch(project):
     assert len(first) >= 300 and set(first.tolist()) == set(range(300))  # every row, plus upsampled extras
     plain = train.epoch_order(targets, params_for(project, **{"train.balanced": False}).train, run=0, epoch=3)
     assert sorted(plain.tolist()) == list(range(300))
+
+
+def test_the_eight_window_symmetries_are_distinct_and_keep_shapes():
+    x = torch.randn(2, 3, 5, 5, 4, generator=torch.Generator().manual_seed(1))
+    turned = [dihedral(x, k) for k in range(DIHEDRAL)]
+    assert all(t.shape == x.shape for t in turned)
+    torch.testing.assert_close(turned[0], x)
+    for i in range(DIHEDRAL):
+        for j in range(i):
+            assert not torch.equal(turned[i], turned[j]), (i, j)
+    torch.testing.assert_close(dihedral(x, 1)[:, :, 0, :, :], x[:, :, :, -1, :])  # a quarter turn
+    torch.testing.assert_close(dihedral(x, 4), x.flip(3))  # a mirror
+    torch.testing.assert_close(dihedral(dihedral(x, 1), 3), x)  # four quarter turns are none
+    torch.testing.assert_close(x.sum(dim=(2, 3)), turned[5].sum(dim=(2, 3)))  # the same pixels, moved
+    torch.testing.assert_close(x[:, :, 2, 2], turned[6][:, :, 2, 2])  # the centre stays
+
+
+def test_random_symmetries_keep_a_rotation_invariant_batch_and_are_seeded():
+    row, col = torch.meshgrid(torch.arange(5.0) - 2, torch.arange(5.0) - 2, indexing="ij")
+    radius = (row**2 + col**2)[None, None, :, :, None]  # the same under every turn and mirror
+    invariant = radius * torch.randn(64, 6, 1, 1, 3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(random_dihedral(invariant, torch.Generator().manual_seed(0)), invariant)
+
+    x = torch.randn(64, 6, 5, 5, 3, generator=torch.Generator().manual_seed(3))
+    first = random_dihedral(x, torch.Generator().manual_seed(7))
+    assert first.shape == x.shape
+    torch.testing.assert_close(random_dihedral(x, torch.Generator().manual_seed(7)), first)
+    assert not torch.equal(random_dihedral(x, torch.Generator().manual_seed(8)), first)
+    used = set()
+    for i in range(len(x)):  # every row is one of its own 8 symmetries, and the batch mixes them
+        matches = [k for k in range(DIHEDRAL) if torch.equal(dihedral(x[i:i + 1], k), first[i:i + 1])]
+        assert len(matches) == 1, i
+        used.add(matches[0])
+    assert len(used) == DIHEDRAL
+
+
+def test_augmentation_changes_training_and_can_be_turned_off(project, trained, tmp_path):
+    _, summary, _ = trained
+    assert params_for(project).train.augment  # on by default
+    plain = run_train(project, tmp_path, params_for(project, **{"train.augment": False}))
+    assert plain["val_r2_mean"] > 0.4 and plain["val_r2_mean"] != summary["val_r2_mean"]
+    assert train.augmenter(params_for(project, **{"train.augment": False}).train, 0, 0, 0) is None
+
+
+def test_kfold_trains_one_model_per_fold_of_the_split(project, tmp_path):
+    params = params_for(project, **{"split.mode": "kfold", "split.folds": 3, "train.num_runs": 1,
+                                    "train.epochs": 1})
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/run_4.pt").write_bytes(b"from an earlier train")
+    records = []
+    summary = run_train(project, tmp_path, params, lambda run, r: records.append(run))
+    assert records == [0, 1, 2]  # the split's 3 folds, not train.num_runs
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["best.pt", "run_0.pt", "run_1.pt",
+                                                                        "run_2.pt"]
+    assert [Predictor.load(tmp_path / f"models/run_{k}.pt").run for k in range(3)] == [0, 1, 2]
+    assert {"run0", "run1", "run2"} <= set(summary)
 
 
 def test_input_errors_name_the_file_and_the_fix(project, tmp_path):

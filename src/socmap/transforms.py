@@ -91,3 +91,31 @@ class FeatureNorm:
     @classmethod
     def from_dict(cls, values: dict) -> "FeatureNorm":
         return cls(values["mean"].float(), values["std"].float())
+
+
+DIHEDRAL = 8  # the symmetries of a square window: 4 rotations, each with or without a mirror
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetry `k` (0–7, 0 the identity) of the square window of patches ``[B, C, H, W, T]``:
+    rotation by (k mod 4) quarter turns over (H, W), mirrored over W when k ≥ 4."""
+    if k >= 4:
+        x = x.flip(3)
+    return torch.rot90(x, k % 4, dims=(2, 3))
+
+
+def random_dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each row of ``[B, C, H, W, T]`` under one of the 8 window symmetries, drawn from `generator` (CPU).
+
+    Label-preserving where the process has no preferred direction. One indexed copy per symmetry,
+    not per row; the draw depends only on the generator's state and B.
+    """
+    if x.shape[2] != x.shape[3]:
+        raise ValueError(f"the window of patches {tuple(x.shape)} is not square")
+    draw = torch.randint(DIHEDRAL, (x.shape[0],), generator=generator).to(x.device)
+    out = torch.empty_like(x)
+    for k in range(DIHEDRAL):
+        rows = (draw == k).nonzero().squeeze(1)
+        if rows.numel():
+            out[rows] = dihedral(x[rows], k)
+    return out
