@@ -23,6 +23,12 @@ STAGES = {
     "map": ("socmap.mapping", "SOC maps as Cloud-Optimized GeoTIFFs into data/maps/"),
 }
 
+# Options of a stage beyond --params, passed to its main() as keyword arguments.
+STAGE_OPTIONS = {
+    "simulate": (("--out", "data/synthetic", "directory of the world"),
+                 ("--plots", "plots/synthetic", "directory of its quick-look pictures")),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="socmap", description=__doc__.splitlines()[0])
@@ -30,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (_, help_text) in STAGES.items():
-        sub.add_parser(name, help=help_text)
+        stage = sub.add_parser(name, help=help_text)
+        for flag, default, flag_help in STAGE_OPTIONS.get(name, ()):
+            stage.add_argument(flag, default=default, help=f"{flag_help} (default: %(default)s)")
     return parser
 
 
@@ -41,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         module = importlib.import_module(STAGES[args.stage][0])
-        module.main(params)
+        options = {flag[2:]: getattr(args, flag[2:]) for flag, _, _ in STAGE_OPTIONS.get(args.stage, ())}
+        module.main(params, **options)
     except SocmapError as exc:
         print(f"socmap {args.stage}: error: {exc}", file=sys.stderr)
         return 2

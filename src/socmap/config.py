@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
+    worlds: tuple[str, ...] = ("synthetic",)  # one `simulate@<name>` stage each, writing data/<name>/; [] with real data
     seed: int = field(default=0, metadata=_range(ge=0))
     bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))  # lon/lat
     resolution_m: float = field(default=1000.0, metadata=_range(ge=50))  # yearly bands
@@ -153,10 +155,11 @@ class TrainConfig:
     patience: int = field(default=15, metadata=_range(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=3, metadata=_range(ge=1, le=100))
+    augment: bool = True  # random rotations and mirrors of the window in every training batch
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=_range(ge=1))
     balance_fraction: float = field(default=0.75, metadata=_range(gt=0, le=1))
-    hidden_size: int = field(default=128, metadata=_range(ge=1))
+    hidden_size: int = field(default=64, metadata=_range(ge=1))  # 128 in the original: overfits ~3000 rows
     num_layers: int = field(default=2, metadata=_range(ge=1, le=8))
     dropout: float = field(default=0.25, metadata=_range(ge=0, lt=1))
     seed: int = field(default=0, metadata=_range(ge=0))
@@ -359,6 +362,9 @@ def _check_consistency(p: Params) -> None:
     if s.static_resolution_m > s.resolution_m:
         raise _Invalid(f"simulate.static_resolution_m = {s.static_resolution_m:g}: must be <= "
                        f"simulate.resolution_m = {s.resolution_m:g} (the static band is the finer one)")
+    for world in s.worlds:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", world):
+            raise _Invalid(f"simulate.worlds has {world!r}: a world name is letters, digits, _ and - only")
     ratio = s.resolution_m / s.static_resolution_m
     if abs(ratio - round(ratio)) > 1e-9:
         raise _Invalid(f"simulate.resolution_m / simulate.static_resolution_m = {ratio:g}: must be a whole number "

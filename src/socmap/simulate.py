@@ -364,6 +364,6 @@ def oracle_figures(table: pd.DataFrame, first_full_year: int) -> dict:
     }
 
 
-def main(params) -> None:
-    """`socmap simulate`: the default world into data/synthetic/, quick looks into plots/synthetic/."""
-    simulate(params.simulate, "data/synthetic", plots_dir="plots/synthetic")
+def main(params, out: str = "data/synthetic", plots: str = "plots/synthetic") -> None:
+    """`socmap simulate`: the world into `out`, quick looks into `plots`."""
+    simulate(params.simulate, out, plots_dir=plots)

@@ -1,0 +1,205 @@
+"""The DVC workflow end to end, through the real `dvc` CLI, in a temporary git copy of the project
+with a tiny world: repro, no-op repro, experiments, the queue, exp show, and remote round trips."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from socmap.config import params_to_dict
+
+from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+OUTPUTS = ["data/synthetic/points.csv", "data/processed/patches.npy", "data/splits/split.parquet",
+           "models/run_0.pt", "models/best.pt", "data/maps/soc_2020.tif"]
+
+
+def run(*cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command as a user would, with the project's venv first on PATH."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+                "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.org", **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tiny_project_params() -> dict:
+    """params.yaml of the tiny world, with data.* at the default data/synthetic paths."""
+    raw = params_to_dict(tiny_params(Path("data/synthetic")))
+    raw["data"]["rasters"]["dir"] = "data/synthetic/rasters"
+    raw["data"]["points"]["path"] = "data/synthetic/points.csv"
+    raw["split"]["test_block_km"] = 5.0
+    raw["train"]["epochs"] = 2
+    return raw
+
+
+def make_project(where: Path, storage: Path) -> Path:
+    """A git repo holding the project's files (as in the work tree) and the tiny params."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith(("data/", "models/", "plots/")):
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, where / name)
+    (where / "params.yaml").write_text(yaml.safe_dump(tiny_project_params(), sort_keys=False))
+    run("git", "init", "-q", "-b", "main", cwd=where)
+    run("dvc", "remote", "add", "-f", "-d", "local", str(storage), cwd=where)
+    run("git", "add", "-A", cwd=where)
+    run("git", "commit", "-qm", "tiny socmap", cwd=where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project after one full `dvc repro`, committed."""
+    root = tmp_path_factory.mktemp("project")
+    repo = make_project(root / "socmap", root / "storage")
+    run("dvc", "repro", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-qm", "repro", cwd=repo)
+    return repo
+
+
+def test_repro_writes_every_stage_and_a_second_repro_does_nothing(project):
+    for name in OUTPUTS:
+        assert (project / name).is_file(), name
+    metrics = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert {"r2", "rmse", "picp"} <= set(metrics)
+    assert run("git", "status", "--porcelain", cwd=project).stdout == ""  # every output is in DVC or git
+    again = run("dvc", "repro", cwd=project)
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date." in again.stdout
+    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}
+
+
+def test_push_then_pull_into_a_fresh_clone(project, tmp_path):
+    run("dvc", "push", cwd=project)
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    run("dvc", "pull", cwd=clone)
+    for name in OUTPUTS:
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+    assert json.loads(run("dvc", "status", "--json", cwd=clone).stdout) == {}
+    assert "Running stage" not in run("dvc", "repro", cwd=clone).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    """A local S3-compatible server (moto), with a bucket, on 127.0.0.1."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in env.items()
+                             if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1").create_bucket(Bucket="socmap")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                time.sleep(0.1)
+        yield endpoint, env
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_s3_remote_round_trip(project, tmp_path, s3_server):
+    endpoint, env = s3_server
+    run("dvc", "remote", "add", "-f", "s3", "s3://socmap/cache", cwd=project)
+    run("dvc", "remote", "modify", "s3", "endpointurl", endpoint, cwd=project)
+    run("dvc", "push", "-r", "s3", cwd=project, env=env)
+    run("git", "add", "-A", cwd=project)
+    run("git", "commit", "-qm", "s3 remote", cwd=project)
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    run("dvc", "pull", "-r", "s3", cwd=clone, env=env)
+    for name in OUTPUTS:
+        assert (clone / name).read_bytes() == (project / name).read_bytes(), name
+
+
+def test_changing_the_loss_reruns_train_evaluate_and_map_only(project):
+    result = run("dvc", "exp", "run", "-S", "train.loss_type=mse", "-n", "mse", cwd=project)
+    ran = {stage for stage in ("simulate", "sample", "split", "train", "evaluate", "map")
+           if f"Running stage '{stage}'" in result.stdout}
+    assert ran == {"train", "evaluate", "map"}, result.stdout
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
+    text = json.dumps(shown)
+    assert '"mse"' in text and "r2" in text
+
+
+def test_queue_of_two_with_two_workers(project):
+    run("dvc", "exp", "run", "--queue", "-S", "train.loss_type=l1,composite_l1", cwd=project)
+    run("dvc", "queue", "start", "-j", "2", cwd=project)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run("dvc", "queue", "status", cwd=project).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + "".join(
+        p.read_text() for p in (project / ".dvc/tmp/exps/celery").glob("*.out"))
+    assert status.count("Success") >= 2, status
+    rows = run("dvc", "exp", "show", "--csv", "--param-deps", cwd=project).stdout
+    assert "composite_l1" in rows and ",l1," in rows
+    header = rows.splitlines()[0].split(",")
+    assert {"r2", "rmse", "picp", "val_r2_mean", "train.loss_type"} <= set(header)
+
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=project).stdout)
+    experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
+    best = max(experiments, key=lambda e: e["revs"][0]["data"]["metrics"]["metrics/evaluate/metrics.json"]
+               ["data"]["r2"])["name"]
+    diff = run("dvc", "plots", "diff", experiments[0]["name"], experiments[1]["name"], "--json", cwd=project)
+    assert "Predicted vs observed (test, g/kg)" in diff.stdout and "Test error by survey year" in diff.stdout
+    run("dvc", "exp", "apply", best, cwd=project)
+    applied = yaml.safe_load((project / "params.yaml").read_text())["train"]["loss_type"]
+    assert applied in {"mse", "l1", "composite_l1"}
+    run("dvc", "push", cwd=project)
+    assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=project).stdout) == {}
+
+
+def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
+    """Real data: point data.* at files added with `dvc add`, set simulate.worlds to [], and repro runs
+    from sample without the simulation."""
+    raw = project / "data" / "raw"
+    shutil.copytree(project / "data" / "synthetic" / "rasters", raw / "rasters")
+    points = (project / "data" / "synthetic" / "points.csv").read_text().replace("GPS_LONG", "TH_LONG")
+    (raw / "lucas.csv").write_text(points.replace("GPS_LAT", "TH_LAT"))
+    run("dvc", "add", "data/raw/rasters", "data/raw/lucas.csv", cwd=project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["rasters"]["dir"] = "data/raw/rasters"
+    params["data"]["points"]["path"] = "data/raw/lucas.csv"
+    params["data"]["points"]["columns"].update(x="TH_LONG", y="TH_LAT")
+    params["simulate"]["worlds"] = []
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(project / "data" / "synthetic")
+    assert "simulate" not in run("dvc", "stage", "list", cwd=project).stdout
+    result = run("dvc", "repro", cwd=project)
+    assert "simulate" not in result.stdout
+    assert "Running stage 'sample'" in result.stdout and "Running stage 'map'" in result.stdout
+    report = json.loads((project / "data/processed/report.json").read_text())
+    assert report["rows_read"] == report["rows_kept"] + sum(report["drops"].values())
+    assert "skipped" in json.loads((project / "metrics/evaluate/metrics.json").read_text())["ceiling"]
