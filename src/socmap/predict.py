@@ -61,7 +61,8 @@ class Predictor:
         """Raw patches ``[N, C, W, W, T]`` (an array or a memmap, read one batch at a time) to g/kg float64."""
         out = np.empty(len(patches), dtype=np.float64)
         for start in range(0, len(patches), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(patches[start:start + batch_size], dtype=np.float32))
+            # a copy: a read-only memmap must not back a tensor
+            batch = torch.from_numpy(np.array(patches[start:start + batch_size], dtype=np.float32))
             out[start:start + len(batch)] = self.predict_tensor(batch).double().cpu().numpy()
         return out
 
