@@ -154,7 +154,7 @@ class TrainConfig:
     epochs: int = field(default=60, metadata=_range(ge=1))
     patience: int = field(default=15, metadata=_range(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
-    num_runs: int = field(default=3, metadata=_range(ge=1, le=100))
+    num_runs: int = field(default=5, metadata=_range(ge=1, le=100))
     augment: bool = True  # random rotations and mirrors of the window in every training batch
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=_range(ge=1))
