@@ -84,12 +84,7 @@ def main() -> None:
     def fixed_batch_steps() -> None:
         model.train()
         for _ in range(steps):
-            loss = data.loss(model(x).float(), y, sigma)
-            accelerator.backward(loss)
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train.train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
         loss.item()  # wait for the last step
 
     def real_epoch() -> None:

@@ -179,16 +179,23 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
         x, y, sigma = data.x_train[idx], data.y_train[idx], data.sigma_train[idx]  # [b, C, W, W, T], [b], [b]
         if augment is not None:
             x = random_dihedral(x, augment)
-        loss = data.loss(model(x).float(), y, sigma)
-        accelerator.backward(loss)
-        if cfg.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
         loss_sum += loss.detach().double() * len(idx)  # no .item(): a GPU need not wait for every step
         rows += len(idx)
     total = accelerator.reduce(torch.stack([loss_sum, torch.full_like(loss_sum, rows)]), reduction="sum")
     return float(total[0] / total[1])
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: RunData, x: torch.Tensor,
+               y: torch.Tensor, sigma: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator) -> torch.Tensor:
+    """One optimiser step on one batch (forward, loss, backward, clipping); the batch's loss."""
+    loss = data.loss(model(x).float(), y, sigma)
+    accelerator.backward(loss)
+    if cfg.grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 @torch.no_grad()
