@@ -124,8 +124,8 @@ def main() -> None:
             started = time.perf_counter()
             out = socmap_extract(params.data, kept, window_size, params.sample.time_before)
             fresh = time.perf_counter() - started
-            ours = best_of(3, lambda: socmap_extract(params.data, kept, window_size,
-                                                     params.sample.time_before, out))
+            ours = best_of(3, lambda out=out: socmap_extract(params.data, kept, window_size,
+                                                             params.sample.time_before, out))
             del out
             naive_s = naive(catalog, kept, years, window_size, subsample) * len(kept) / subsample.size
             tracemalloc.start()

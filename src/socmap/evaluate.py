@@ -28,6 +28,7 @@ from socmap.errors import SocmapError  # noqa: E402
 from socmap.intervals import fit_calibration, prediction_interval  # noqa: E402
 from socmap.io import atomic_path, write_json  # noqa: E402
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics  # noqa: E402
+from socmap.plots import save_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def plot_scatter(table: pd.DataFrame, summary: dict, path: Path) -> None:
     ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
             bbox={"facecolor": "white", "edgecolor": "0.8"})
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list, path: Path) -> None:
@@ -261,12 +262,7 @@ def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list,
     ax.set(aspect="equal", xlabel="easting (km)", ylabel="northing (km)",
            title="Test residuals: red over-, blue under-predicted")
     ax.legend(loc="lower left", fontsize=8, markerscale=1.5)
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------- stage

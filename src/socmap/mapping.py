@@ -352,10 +352,9 @@ def identity_tags(model_paths: Sequence[str | Path], params: Params, calibration
 def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pixels: int = 900) -> None:
     """A PNG of a map's first two bands side by side (value and uncertainty), with colour bars in g/kg
     and the region outline; read at most `max_pixels` per side (the COG's overviews serve it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from socmap.plots import save_figure  # sets the Agg backend; matplotlib only when previews are drawn
 
     with rasterio.open(path) as src:
         step = max(1, math.ceil(max(src.width, src.height) / max_pixels))
@@ -386,9 +385,7 @@ def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pi
         ax.set_yticks([])
         fig.colorbar(image, ax=ax, shrink=0.85, label=f"{names[i]} ({UNIT})")
     fig.suptitle(title)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 # --------------------------------------------------------------------------------------------- stage

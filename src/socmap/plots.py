@@ -1,4 +1,4 @@
-"""Quick-look pictures of the simulated world, for people."""
+"""Pictures for people: the one figure writer, and quick looks at the simulated world."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_na
             fig.colorbar(image, ax=ax, shrink=0.8, label=f"{band_dir.name} ({unit})")
             ax.set_title(f"{band_dir.name}, {path.stem} (simulated)")
             ax.set_axis_off()
-            _save(fig, out_dir / f"{band_dir.name}_{path.stem}.png")
+            save_figure(fig, out_dir / f"{band_dir.name}_{path.stem}.png")
     fig, ax = plt.subplots(figsize=(6, 5.5))
     image = ax.imshow(cover, cmap=matplotlib.colors.ListedColormap(["#e6c35c", "#9ad36a", "#2f6b34", "#6b4b8a"]),
                       vmin=-0.5, vmax=len(cover_names) - 0.5)
@@ -40,10 +40,11 @@ def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_na
     ax.scatter(col, row, s=2, c="k", alpha=0.5, linewidths=0)
     ax.set_title(f"Hidden land cover and {len(table)} survey rows (simulated)")
     ax.set_axis_off()
-    _save(fig, out_dir / "land_cover.png")
+    save_figure(fig, out_dir / "land_cover.png")
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: str | Path, dpi: int = 90) -> None:
+    """Write a figure as PNG atomically (no software tag, so equal figures give equal bytes) and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png", metadata={"Software": None})
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png", metadata={"Software": None})
     plt.close(fig)
