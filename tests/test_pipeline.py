@@ -181,6 +181,21 @@ def test_queue_of_two_with_two_workers(project):
     assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=project).stdout) == {}
 
 
+def test_a_second_simulated_world_is_a_stage_of_its_own(tmp_path):
+    """simulate.worlds: each name is a stage writing data/<name>/ and plots/<name>/, apart from the others."""
+    repo = make_project(tmp_path / "socmap", tmp_path / "storage")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["simulate"]["worlds"] = ["synthetic", "alpine"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = run("dvc", "stage", "list", "--name-only", cwd=repo).stdout.split()
+    assert stages[:2] == ["simulate@synthetic", "simulate@alpine"]
+    run("dvc", "repro", "simulate@alpine", cwd=repo)
+    assert (repo / "data/alpine/points.csv").is_file() and (repo / "plots/alpine").is_dir()
+    assert not (repo / "data/synthetic").exists()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert [out["path"] for out in lock["stages"]["simulate@alpine"]["outs"]] == ["data/alpine", "plots/alpine"]
+
+
 def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
     """Real data: point data.* at files added with `dvc add`, set simulate.worlds to [], and repro runs
     from sample without the simulation."""
