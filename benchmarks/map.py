@@ -55,6 +55,7 @@ from socmap.predict import Predictor
 from socmap.rasters import GridSpec, RasterCatalog
 from socmap.region import Region
 from socmap.simulate import make_grids, simulate
+from socmap.train import model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # ~130 × 72 km north of Munich: its western half still holds whole 256² blocks, so that both regions
@@ -80,9 +81,7 @@ def random_ensemble(params: Params) -> list[Predictor]:
     for run in range(t.num_runs):
         torch.manual_seed(run)
         model = build_model(t.model, bands, window, t.hidden_size, t.num_layers, t.dropout)
-        checkpoint = {"model": {"name": t.model, "bands": bands, "window_size": window, "hidden_size": t.hidden_size,
-                                "num_layers": t.num_layers, "dropout": t.dropout, "band_names": list(params.data.bands),
-                                "time_before": steps},
+        checkpoint = {"model": model_spec(t, list(params.data.bands), window, steps),
                       "state_dict": model.state_dict(),
                       "features": {"mean": torch.full((bands, steps), 100.0), "std": torch.full((bands, steps), 100.0)},
                       "target": {"kind": "normalize", "mean": 25.0, "std": 10.0},

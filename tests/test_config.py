@@ -56,6 +56,8 @@ def bad(key: str, value):
     ("train.lr", -0.1, r"train\.lr = -0\.1: must be > 0 and <= 1"),
     ("train.lr", None, r"train\.lr = None: must be a number"),
     ("train.balanced", "yes", r"train\.balanced = 'yes': must be true or false"),
+    ("train.tta", 3, r"train\.tta = 3: must be one of 1, 2, 4, 8"),
+    ("train.tta", True, r"train\.tta = True: must be one of 1, 2, 4, 8"),
     ("train.loss_alpha", 1.5, r"train\.loss_alpha = 1\.5: must be >= 0 and <= 1"),
     ("sample.window_size", 4, r"sample\.window_size = 4: must be odd"),
     ("split.test_ratio", 1.0, r"split\.test_ratio = 1\.0: must be > 0 and < 1"),

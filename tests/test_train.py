@@ -21,8 +21,9 @@ from socmap.config import params_to_dict
 from socmap.errors import SocmapError
 from socmap.launch import launch_command, relaunch
 from socmap.metrics import regression_metrics
+from socmap.models import build_model
 from socmap.predict import Predictor, load_ensemble
-from socmap.transforms import DIHEDRAL, dihedral, random_dihedral
+from socmap.transforms import DIHEDRAL, dihedral, random_dihedral, symmetric_mean
 
 ROWS, BANDS, WINDOW, YEARS = 600, 6, 5, 3
 FAST = {"train.epochs": 8, "train.lr": 3e-3, "train.scheduler": "none", "train.batch_size": 64,
@@ -250,6 +251,39 @@ def test_random_symmetries_keep_a_rotation_invariant_batch_and_are_seeded():
         assert len(matches) == 1, i
         used.add(matches[0])
     assert len(used) == DIHEDRAL
+
+
+@pytest.mark.parametrize("views, invariant_under", [(1, [0]), (2, [0, 2]), (4, [0, 1, 2, 3]), (8, range(8))])
+def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invariant_under):
+    torch.manual_seed(0)
+    model = build_model("refitted_cov_lstm", 6, 5, hidden_size=8).eval()
+    x = torch.randn(16, 6, 5, 5, 3, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mean = symmetric_mean(model, x, views)
+        assert mean.shape == (16,)
+        for k in range(DIHEDRAL):
+            turned = symmetric_mean(model, dihedral(x, k), views)
+            if k in invariant_under:
+                torch.testing.assert_close(turned, mean)
+            else:
+                assert (turned - mean).abs().max() > 1e-4, k
+        torch.testing.assert_close(symmetric_mean(model, x, 1), model(x))
+        by_hand = torch.stack([model(dihedral(x, k)) for k in range(DIHEDRAL)]).mean(0)
+        torch.testing.assert_close(symmetric_mean(model, x, 8), by_hand)
+
+
+def test_tta_is_stored_with_the_model_and_used_by_its_predictor(project, trained, tmp_path):
+    out, summary, _ = trained
+    default = Predictor.load(out / "models/run_0.pt")
+    assert default.views == 8 == params_for(project).train.tta
+    plain = run_train(project, tmp_path, params_for(project, **{"train.tta": 1, "train.num_runs": 1}))
+    single = Predictor.load(tmp_path / "models/run_0.pt")
+    assert single.views == 1
+    patches, target = val_rows(project, 0)
+    x = torch.from_numpy(np.asarray(patches, dtype=np.float32))
+    torch.testing.assert_close(single.predict_tensor(x), single.target.inverse(single.model(single.features(x))))
+    assert regression_metrics(target, single.predict(patches))["r2"] == pytest.approx(plain["run0"]["val_r2"],
+                                                                                      rel=1e-5)
 
 
 def test_augmentation_changes_training_and_can_be_turned_off(project, trained, tmp_path):

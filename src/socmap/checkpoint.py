@@ -6,7 +6,7 @@ with ``torch.load(weights_only=True)`` only.
 
 A model checkpoint (models/run_{k}.pt, models/best.pt) is a dict with
 ``format`` (FORMAT), ``model`` (build_model's arguments: name, bands, window_size,
-hidden_size, num_layers, dropout, plus band_names and time_before),
+hidden_size, num_layers, dropout, plus band_names, time_before and tta),
 ``state_dict``, ``features`` (FeatureNorm.to_dict), ``target`` (TargetTransform.to_dict),
 ``params`` (the whole params.yaml as a dict), ``run``, ``epoch`` and
 ``val_metrics``. Resume checkpoints add the optimiser and scheduler states.

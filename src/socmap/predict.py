@@ -18,7 +18,7 @@ import torch
 from socmap.checkpoint import load_checkpoint
 from socmap.errors import SocmapError
 from socmap.models import build_model
-from socmap.transforms import FeatureNorm, TargetTransform
+from socmap.transforms import FeatureNorm, TargetTransform, symmetric_mean
 
 
 class Predictor:
@@ -31,6 +31,7 @@ class Predictor:
         self.window_size: int = int(spec["window_size"])
         self.time_before: int = int(spec["time_before"])
         self.run: int = int(checkpoint["run"])
+        self.views: int = int(spec["tta"])  # window symmetries averaged in every prediction
         self.epoch: int = int(checkpoint["epoch"])
         self.val_metrics: dict = dict(checkpoint["val_metrics"])
         self.source = source
@@ -55,7 +56,7 @@ class Predictor:
             raise SocmapError(f"{self.source}: patches of shape {tuple(x.shape[1:])} (bands, window, window, "
                               f"years) given, the model was trained on {expected} ({', '.join(self.bands)})")
         x = x.to(self.device, dtype=torch.float32, non_blocking=True)
-        return self.target.inverse(self.model(self.features(x)))
+        return self.target.inverse(symmetric_mean(self.model, self.features(x), self.views))
 
     def predict(self, patches: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Raw patches ``[N, C, W, W, T]`` (an array or a memmap, read one batch at a time) to g/kg float64."""

@@ -49,7 +49,7 @@ from socmap.launch import relaunch
 from socmap.losses import RegressionLoss, row_sigma
 from socmap.metrics import regression_metrics
 from socmap.models import build_model
-from socmap.transforms import DIHEDRAL, FeatureNorm, TargetTransform, random_dihedral
+from socmap.transforms import DIHEDRAL, FeatureNorm, TargetTransform, random_dihedral, symmetric_mean
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +199,18 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: R
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, data: RunData, accelerator: Accelerator) -> tuple[float, dict]:
+def validate(model: torch.nn.Module, data: RunData, accelerator: Accelerator, views: int = 1
+             ) -> tuple[float, dict]:
     """Validation loss (transformed space) and metrics (g/kg) over all validation rows, every process's
-    share predicted and gathered."""
+    share predicted (as the mean over `views` window symmetries, as a Predictor does) and gathered."""
     world, rank = accelerator.num_processes, accelerator.process_index
     n = len(data.x_val)
     per = math.ceil(n / world)
     mine = torch.arange(rank * per, (rank + 1) * per, device=data.x_val.device) % n  # padded by wrapping
     net = accelerator.unwrap_model(model)
     net.eval()
-    predicted = torch.cat([net(data.x_val[chunk]).float() for chunk in mine.split(EVAL_BATCH)])
+    predicted = torch.cat([symmetric_mean(net, data.x_val[chunk], views).float()
+                           for chunk in mine.split(EVAL_BATCH)])
     predicted = accelerator.gather(predicted)[:n]  # [n], in validation row order
     loss = float(data.loss(predicted, data.y_val, data.sigma_val))
     grams = data.target.inverse(predicted.double().cpu()).numpy()
@@ -232,7 +234,7 @@ def model_spec(cfg: TrainConfig, bands: list[str], window_size: int, time_before
     """build_model's arguments plus what a predictor checks its input against."""
     return {"name": cfg.model, "bands": len(bands), "window_size": window_size, "hidden_size": cfg.hidden_size,
             "num_layers": cfg.num_layers, "dropout": cfg.dropout, "band_names": list(bands),
-            "time_before": time_before}
+            "time_before": time_before, "tta": cfg.tta}
 
 
 def seed_for(*keys: int) -> int:
@@ -282,7 +284,7 @@ def train_run(run: int, data: RunData, cfg: TrainConfig, spec: dict, accelerator
         torch.manual_seed(seed_for(cfg.seed, run, epoch, accelerator.process_index))  # dropout
         train_loss = train_epoch(model, optimizer, data, epoch_order(data.target_train, cfg, run, epoch),
                                  cfg, accelerator, augmenter(cfg, run, epoch, accelerator.process_index))
-        val_loss, metrics = validate(model, data, accelerator)
+        val_loss, metrics = validate(model, data, accelerator, cfg.tta)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                   "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": metrics[k] for k in LOGGED}}
         if state["best"] is None or metrics["r2"] > state["best"]["val_metrics"]["r2"]:

@@ -1,7 +1,8 @@
-"""Target transforms and feature normalisation, fitted on training rows only and stored as plain values.
+"""Target transforms and feature normalisation, fitted on training rows only and stored as plain values;
+the window's symmetries, for augmentation in training and averaging in prediction.
 
-Both travel inside checkpoints as tensors, numbers and strings (no pickled
-objects), so a checkpoint loads with ``torch.load(weights_only=True)``.
+The transforms travel inside checkpoints as tensors, numbers and strings (no
+pickled objects), so a checkpoint loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     if k >= 4:
         x = x.flip(3)
     return torch.rot90(x, k % 4, dims=(2, 3))
+
+
+# train.tta: the symmetries a prediction averages over, each set a group: the identity; with the half
+# turn; the four rotations; the rotations with and without a mirror
+VIEWS = {1: (0,), 2: (0, 2), 4: (0, 1, 2, 3), 8: tuple(range(DIHEDRAL))}
+
+
+def symmetric_mean(model: torch.nn.Module, x: torch.Tensor, views: int) -> torch.Tensor:
+    """`model`'s output for normalised patches ``[B, C, H, W, T]`` averaged over `views` (1, 2, 4 or 8)
+    symmetries of the window (test-time augmentation): ``[B]``, one forward pass per symmetry."""
+    if views == 1:
+        return model(x)
+    return torch.stack([model(dihedral(x, k)) for k in VIEWS[views]]).mean(0)
 
 
 def random_dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
