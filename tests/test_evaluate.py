@@ -94,6 +94,10 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     assert metrics["best_run"]["run"] == int(np.argmax(val_r2))
     for name in BASELINES:
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]))
+        gain = metrics["r2"] - sklearn_figures(table["observed"], table[name])["r2"]
+        assert metrics["baselines"][name]["r2_gain"] == pytest.approx(gain)
+        lo, hi = metrics["bootstrap"]["r2_gain"][name]
+        assert lo <= hi
     lo, hi = metrics["bootstrap"]["r2"]
     assert lo < metrics["r2"] < hi and metrics["bootstrap"]["resamples"] == 200
     assert metrics["ceiling"]["skipped"].startswith("no truth.parquet")
@@ -148,6 +152,11 @@ def test_bootstrap_resamples_sites_reproducibly():
     assert first == again and first["unit"] == "site"
     assert first["rmse"][0] < 3.0 < first["rmse"][1]
     assert bootstrap(observed, predicted, sites, 0, 7) == {"resamples": 0}
+    worse, same = observed + rng.normal(0, 6, 200), predicted.copy()
+    paired = bootstrap(observed, predicted, sites, 300, 7, {"worse": worse, "same": same})
+    assert paired["r2"] == first["r2"] and paired["rmse"] == first["rmse"]  # the same resamples
+    assert 0 < paired["r2_gain"]["worse"][0] < paired["r2_gain"]["worse"][1]
+    assert paired["r2_gain"]["same"] == [0.0, 0.0]
 
 
 def test_roles_matrix_and_split_errors():

@@ -45,6 +45,26 @@ def test_cnn_lstm_reads_every_year_in_order(patches):
         assert not torch.allclose(model(patches.flip(-1)), base)  # order matters: a sequence, not a set
 
 
+def test_cnn_lstm_equals_its_layers_applied_frame_by_frame(patches):
+    """The channels-last fast path computes what the layers say, row by row and year by year."""
+    model = build_model("refitted_cov_lstm", bands=6, window_size=5).eval()
+    with torch.no_grad():
+        rows = []
+        for row in patches:  # [C, H, W, T]
+            frames = [row[..., t].unsqueeze(0).contiguous() for t in range(row.shape[-1])]  # plain NCHW
+            features = []
+            for frame in frames:
+                x = torch.max_pool2d(torch.relu(torch.conv2d(frame, model.cnn.conv1[0].weight,
+                                                             model.cnn.conv1[0].bias, padding=1)), 2)
+                x = torch.max_pool2d(torch.relu(torch.conv2d(x, model.cnn.conv2[0].weight,
+                                                             model.cnn.conv2[0].bias, padding=1)), 2)
+                features.append(model.cnn.fc_cnn(x.flatten(1)))
+            sequence, _ = model.lstm(torch.stack(features, dim=1))
+            joined = torch.cat([model.fc_lstm(sequence[:, -1]), features[-1]], dim=1)
+            rows.append(model.head(joined).squeeze(1))
+        torch.testing.assert_close(model(patches), torch.cat(rows), rtol=1e-5, atol=1e-6)
+
+
 def test_cnn_ablation_sees_only_the_survey_year(patches):
     model = build_model("cnn", bands=6, window_size=5).eval()
     with torch.no_grad():

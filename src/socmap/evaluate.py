@@ -110,21 +110,32 @@ def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.nda
     return targets[rows], predictions[runs, rows], spread
 
 
-def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, resamples: int, seed: int) -> dict:
-    """95 % percentile intervals of r2 and rmse, resampling whole sites (revisits are not independent)."""
+def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, resamples: int, seed: int,
+              others: dict[str, np.ndarray] | None = None) -> dict:
+    """95 % percentile intervals of r2 and rmse, resampling whole sites (revisits are not independent).
+
+    With `others` ({name: predictions of the same rows}), also the interval of the r2 gain over each,
+    r2(predicted) − r2(other) on the same resamples (paired): above 0 means ahead beyond the test noise.
+    """
     if resamples == 0:
         return {"resamples": 0}
+    others = others or {}
     site_ids, site_of_row = np.unique(sites, return_inverse=True)
     rng = np.random.default_rng(seed)
-    r2, rmse = [], []
+    r2, rmse, gain = [], [], {name: [] for name in others}
     for _ in range(resamples):
         draws = np.bincount(rng.integers(0, site_ids.size, site_ids.size), minlength=site_ids.size)
         rows = np.repeat(np.arange(sites.size), draws[site_of_row])  # each row as often as its site was drawn
         figures = regression_metrics(observed[rows], predicted[rows])
         r2.append(figures["r2"])
         rmse.append(figures["rmse"])
-    return {"r2": np.nanpercentile(r2, [2.5, 97.5]).tolist(), "rmse": np.percentile(rmse, [2.5, 97.5]).tolist(),
-            "resamples": resamples, "unit": "site"}
+        for name, other in others.items():
+            gain[name].append(figures["r2"] - r2_score(observed[rows], other[rows]))
+    result = {"r2": np.nanpercentile(r2, [2.5, 97.5]).tolist(), "rmse": np.percentile(rmse, [2.5, 97.5]).tolist(),
+              "resamples": resamples, "unit": "site"}
+    if others:
+        result["r2_gain"] = {name: np.nanpercentile(values, [2.5, 97.5]).tolist() for name, values in gain.items()}
+    return result
 
 
 def run_summary(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray) -> dict:
@@ -163,16 +174,19 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
     for k in range(len(predictions)):
         table[f"run_{k}"] = np.where(roles[k, rows] == "test", predictions[k, rows], np.nan)
     table = table.assign(ensemble=mean, std=std, lower=lower, upper=upper, residual=mean - observed)
+    for name in BASELINES:
+        table[name] = np.nanmean(baselines[name][:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
     summary = {**regression_metrics(observed, mean), **interval_metrics(observed, lower, upper),
                "interval": interval, "mode": mode, **run_summary(targets, predictions, roles),
-               "bootstrap": bootstrap(observed, mean, table["site_id"].to_numpy(), resamples, seed),
+               "bootstrap": bootstrap(observed, mean, table["site_id"].to_numpy(), resamples, seed,
+                                      {name: table[name].to_numpy() for name in BASELINES}),
                "baselines": {}}
     for name in BASELINES:
         per_run = baselines[name]
-        table[name] = np.nanmean(per_run[:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
         runs = [regression_metrics(targets[roles[k] == "test"], per_run[k, roles[k] == "test"])
                 for k in range(len(per_run))]
-        summary["baselines"][name] = {**regression_metrics(observed, table[name]), **_mean_std(runs)}
+        summary["baselines"][name] = {**regression_metrics(observed, table[name]), **_mean_std(runs),
+                                      "r2_gain": summary["r2"] - r2_score(observed, table[name])}
     if truth is not None:
         for column in ("truth", "truth_covariates"):
             table[column] = truth[column].to_numpy()[rows]

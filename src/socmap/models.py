@@ -23,16 +23,20 @@ CNN_FEATURES = 128
 
 
 class PatchCNN(nn.Module):
-    """Two 3×3 convolutions with 2×2 max-pooling and a dense layer: one patch to 128 features."""
+    """Two 3×3 convolutions with 2×2 max-pooling and a dense layer: one patch to 128 features.
+
+    The convolutions run channels-last (pixels × bands in memory), which CPU kernels take about twice
+    as fast for these small windows; the values are those of the usual layout.
+    """
 
     def __init__(self, bands: int, window_size: int):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(bands, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv1 = nn.Sequential(nn.Conv2d(bands, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.fc_cnn = nn.Sequential(nn.Linear(64 * (window_size // 4) ** 2, CNN_FEATURES), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)  # [N, 32, w//2, w//2]
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))  # [N, 32, w//2, w//2]
         x = self.conv2(x)  # [N, 64, w//4, w//4]
         return self.fc_cnn(x.flatten(1))  # [N, 128]
 
@@ -51,7 +55,7 @@ class RefittedCovLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w, t = x.shape
-        frames = x.permute(0, 4, 1, 2, 3).reshape(b * t, c, h, w)  # [B*T, C, H, W]
+        frames = x.permute(0, 4, 2, 3, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # [B*T, C, H, W], one copy
         features = self.cnn(frames).reshape(b, t, CNN_FEATURES)  # [B, T, 128]
         sequence, _ = self.lstm(features)  # [B, T, hidden]
         recent = self.fc_lstm(sequence[:, -1])  # [B, 64]
