@@ -275,7 +275,7 @@ def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invarian
 def test_tta_is_stored_with_the_model_and_used_by_its_predictor(project, trained, tmp_path):
     out, summary, _ = trained
     default = Predictor.load(out / "models/run_0.pt")
-    assert default.views == 8 == params_for(project).train.tta
+    assert default.views == 4 == params_for(project).train.tta
     plain = run_train(project, tmp_path, params_for(project, **{"train.tta": 1, "train.num_runs": 1}))
     single = Predictor.load(tmp_path / "models/run_0.pt")
     assert single.views == 1

@@ -156,7 +156,7 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=_range(ge=1, le=100))
     augment: bool = True  # random rotations and mirrors of the window in every training batch
-    tta: Literal[1, 2, 4, 8] = 8  # window symmetries averaged in validation and every prediction
+    tta: Literal[1, 2, 4, 8] = 4  # window symmetries averaged in validation and every prediction
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=_range(ge=1))
     balance_fraction: float = field(default=0.75, metadata=_range(gt=0, le=1))
