@@ -68,3 +68,13 @@ def test_leaf_size_is_chosen_on_validation():
     with pytest.raises(SocmapError, match=r"evaluate.rf_min_samples_leaf = \[\]"):
         baseline_predictions(np.zeros((4, 1, 1, 1, 1)), np.array([False]), np.ones(4),
                              np.array([["train"] * 4]), trees=2, leaf_sizes=(), seed=0)
+
+
+def test_forest_predictions_are_the_same_bits_every_time():
+    """Metrics and dvc.lock must not change between identical runs: no thread-order sums in predict."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(1500, 30)), rng.normal(size=1500)
+    first, _ = fit_forest(x, y, x[:50], y[:50], 100, (5,), 0)
+    again, _ = fit_forest(x, y, x[:50], y[:50], 100, (5,), 0)
+    predictions = {model.predict(x[:400]).tobytes() for model in (first, again) for _ in range(5)}
+    assert len(predictions) == 1

@@ -51,9 +51,11 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                leaf_sizes: tuple[int, ...], seed: int) -> tuple[RandomForestRegressor, int]:
     """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees."""
     def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
-        # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest)
+        # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest).
+        # Fitted on every core, predicting on one: threads add up the trees in any order, and the
+        # last bits of the metrics would change from run to run (and dvc.lock with them).
         return RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3,
-                                     n_jobs=-1, random_state=seed).fit(x_train, y_train)
+                                     n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
 
     if len(leaf_sizes) > 1:
         scores = [r2_score(y_val, forest(min(trees, TUNING_TREES), leaf).predict(x_val)) for leaf in leaf_sizes]
