@@ -94,7 +94,7 @@ def main() -> None:
     fixed_batch_steps()  # warm-up: allocator, kernels
     epoch_s = best_time(real_epoch, args.repeats)
     fixed_s = best_time(fixed_batch_steps, args.repeats)
-    validate_s = best_time(lambda: train.validate(model, data, accelerator), args.repeats)
+    validate_s = best_time(lambda: train.validate(model, data, accelerator, cfg.tta), args.repeats)
     result = {
         "device": str(accelerator.device),
         "threads": torch.get_num_threads(),

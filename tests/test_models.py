@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from socmap.checkpoint import load_checkpoint, save_checkpoint
+from socmap.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from socmap.errors import SocmapError
 from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, build_model
 
@@ -111,11 +111,15 @@ def test_checkpoints_hold_only_plain_data(tmp_path):
     torch.testing.assert_close(loaded["state_dict"], model.state_dict())
     assert not list(tmp_path.glob(".ok.pt.*")), "no temporary file left behind"
 
-    torch.save({"format": "socmap-checkpoint/1", "evil": Payload()}, tmp_path / "evil.pt")
+    torch.save({"format": FORMAT, "evil": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(SocmapError, match="evil.pt: not a loadable checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     (tmp_path / "plain.pt").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(SocmapError, match="plain.pt: not a"):
         load_checkpoint(tmp_path / "plain.pt")
+    torch.save({"format": "socmap-checkpoint/1", "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(SocmapError, match=r"old.pt: not a socmap-checkpoint/2 file \(socmap-checkpoint/1: another "
+                                          r"socmap version.*retrain with `socmap train`"):
+        load_checkpoint(tmp_path / "old.pt")
     with pytest.raises(SocmapError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -183,6 +183,15 @@ def test_resume_state_from_other_params_is_not_used(project, tmp_path):
     assert seen == [0, 1]
 
 
+def test_resume_state_of_another_socmap_version_is_not_used(project, tmp_path):
+    (tmp_path / "resume/train").mkdir(parents=True)
+    torch.save({"format": "socmap-checkpoint/1", "fingerprint": "same"}, tmp_path / "resume/train/run_0.pt")
+    seen = []
+    run_train(project, tmp_path, params_for(project, **{"train.epochs": 2, "train.num_runs": 1}),
+              lambda run, r: seen.append(r["epoch"]))
+    assert seen == [0, 1]
+
+
 def test_early_stopping_ends_a_run_after_patience_epochs_without_progress(project, tmp_path):
     params = params_for(project, **{"train.num_runs": 1, "train.epochs": 30, "train.patience": 2})
     records = []

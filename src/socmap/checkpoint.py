@@ -23,7 +23,7 @@ import torch
 from socmap.errors import SocmapError
 from socmap.io import atomic_path
 
-FORMAT = "socmap-checkpoint/1"
+FORMAT = "socmap-checkpoint/2"  # 2: the model spec holds tta
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -43,5 +43,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         raise SocmapError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise SocmapError(f"{path}: not a {FORMAT} file; retrain with `socmap train`")
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+        raise SocmapError(f"{path}: not a {FORMAT} file ({found or 'no format'}: another socmap version or another "
+                          "program wrote it); retrain with `socmap train`")
     return checkpoint

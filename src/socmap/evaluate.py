@@ -185,8 +185,8 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
         per_run = baselines[name]
         runs = [regression_metrics(targets[roles[k] == "test"], per_run[k, roles[k] == "test"])
                 for k in range(len(per_run))]
-        summary["baselines"][name] = {**regression_metrics(observed, table[name]), **_mean_std(runs),
-                                      "r2_gain": summary["r2"] - r2_score(observed, table[name])}
+        figures = regression_metrics(observed, table[name])
+        summary["baselines"][name] = {**figures, **_mean_std(runs), "r2_gain": summary["r2"] - figures["r2"]}
     if truth is not None:
         for column in ("truth", "truth_covariates"):
             table[column] = truth[column].to_numpy()[rows]

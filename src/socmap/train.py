@@ -199,8 +199,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: R
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, data: RunData, accelerator: Accelerator, views: int = 1
-             ) -> tuple[float, dict]:
+def validate(model: torch.nn.Module, data: RunData, accelerator: Accelerator, views: int) -> tuple[float, dict]:
     """Validation loss (transformed space) and metrics (g/kg) over all validation rows, every process's
     share predicted (as the mean over `views` window symmetries, as a Predictor does) and gathered."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -348,7 +347,11 @@ def read_resume(path: Path, fingerprint: str) -> dict | None:
     """The saved training state of a run, if there is one from the same params and inputs."""
     if not path.is_file():
         return None
-    saved = load_checkpoint(path)
+    try:
+        saved = load_checkpoint(path)
+    except SocmapError as exc:  # left by another socmap version, or cut short by a crash
+        log.info("%s; starting afresh", exc)
+        return None
     if saved.get("fingerprint") != fingerprint:
         log.info("%s: from other params or inputs; starting afresh", path)
         return None
