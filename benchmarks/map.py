@@ -2,18 +2,20 @@
 
 A simulated world of ~130 × 72 km at 250 m (~150 k pixels, 2016–2023) is mapped
 for 2023 with an ensemble of `train.num_runs` default models (random weights:
-the speed does not depend on them) through `socmap.mapping.make_maps`, as
+the speed does not depend on them), each with a residual kriging field of
+KRIGING_SITES training rows (Bavaria's survey density; `evaluate.kriging` and
+`kriging_neighbours` from params.yaml), through `socmap.mapping.make_maps`, as
 `socmap map` does. Figures:
 
 - pixels_per_s: region pixels mapped per second, end to end (read, fill, patches,
-  ensemble, intervals, COG with overviews), the better of the two runs below;
+  ensemble, kriging, intervals, COG with overviews), the better of the two runs below;
 - ratio_to_forward: that against the ensemble's forward throughput on pre-built
   batches of `map.batch_size` patches, best of three (target >= 0.7);
   ratio_to_forward_by_parts: the same from the forward time and the time of
   everything else (timed with constant members), which other jobs on a shared
   machine disturb less; load_average_1m says how busy the machine was;
 - speedup_vs_naive_read: the stage without its model (block reads, fill,
-  patches, intervals, COG; the members replaced by a constant) against a naive
+  patches, kriging, intervals, COG; the members replaced by a constant) against a naive
   per-pixel read: `RasterCatalog.read_stack` of the pixel's window, i.e. one
   rasterio window read per band-year file (datasets kept open) and the finer
   Elevation warped per window, then `fill_missing`; the naive path is timed on
@@ -48,6 +50,7 @@ from rasterio.crs import CRS
 
 from socmap.config import Params, load_params, params_to_dict, replace
 from socmap.intervals import fit_calibration
+from socmap.kriging import ResidualField, Variogram
 from socmap.mapping import make_maps, region_window
 from socmap.models import build_model
 from socmap.patches import fill_missing
@@ -63,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD_BBOX = [11.0, 48.2, 12.75, 48.85]
 HALF_BBOX = [11.0, 48.2, 11.875, 48.85]
 NAIVE_PIXELS = 300
+KRIGING_SITES = 400  # training rows in the benchmark world at Bavaria's density (~2,600 sites in 70,500 km²)
 
 
 def world_params(world: Path, bbox: list[float]) -> Params:
@@ -90,6 +94,22 @@ def random_ensemble(params: Params) -> list[Predictor]:
     return ensemble
 
 
+def kriging_fields(params: Params, runs: int) -> list[ResidualField]:
+    """One field per member: KRIGING_SITES random rows over the world's grid, log-ratio residuals."""
+    if params.evaluate.kriging == "none":
+        return []
+    grid = RasterCatalog.open(params.data).grid
+    west, north = grid.transform.c, grid.transform.f
+    east, south = west + grid.width * grid.transform.a, north + grid.height * grid.transform.e
+    fields = []
+    for run in range(runs):
+        rng = np.random.default_rng(run)
+        xy = np.stack([rng.uniform(west, east, KRIGING_SITES), rng.uniform(south, north, KRIGING_SITES)], axis=1)
+        fields.append(ResidualField(xy, rng.normal(0, 0.3, KRIGING_SITES), Variogram(0.05, 0.05, 10.0),
+                                    params.evaluate.kriging, params.evaluate.kriging_neighbours))
+    return fields
+
+
 class NullModel:
     """Stands in for a member to time everything but the model."""
 
@@ -107,11 +127,12 @@ def calibration(runs: int) -> dict:
 
 
 def stream(params: Params, ensemble: list, out_dir: Path) -> tuple[int, float]:
-    """Map once; (pixels mapped in the region, seconds)."""
+    """Map once with kriging fields for the members; (pixels mapped in the region, seconds)."""
     catalog, region = RasterCatalog.open(params.data), Region.from_config(params.data.region)
     catalog.fill_values  # noqa: B018 (one-off statistics over the grid, not per-pixel work)
+    fields = kriging_fields(params, len(ensemble))
     start = time.perf_counter()
-    (path,) = make_maps(catalog, region, ensemble, calibration(len(ensemble)), params, out_dir, {})
+    (path,) = make_maps(catalog, region, ensemble, calibration(len(ensemble)), params, out_dir, {}, fields)
     seconds = time.perf_counter() - start
     with rasterio.open(path) as src:
         pixels = int((src.read(1) != src.nodata).sum())
@@ -213,7 +234,8 @@ def main() -> None:
         "world": {"bbox": WORLD_BBOX, "resolution_m": 250, "region_pixels": pixels, "years": [2023],
                   "ensemble": len(ensemble), "model": params.train.model, "window_size": params.sample.window_size,
                   "time_before": params.sample.time_before, "block_size": params.map.block_size,
-                  "batch_size": params.map.batch_size},
+                  "batch_size": params.map.batch_size, "kriging": params.evaluate.kriging,
+                  "kriging_sites": KRIGING_SITES, "kriging_neighbours": params.evaluate.kriging_neighbours},
         "seconds": seconds,
         "pixels_per_s": round(pixels_per_s, 1),
         "forward_pixels_per_s": round(forward, 1),

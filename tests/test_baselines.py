@@ -44,8 +44,10 @@ def test_forests_fit_training_rows_and_predict_only_test_rows():
     roles = np.where(np.arange(n) < 400, "train", np.where(np.arange(n) < 480, "val", "test"))
     roles = np.stack([roles, roles])
     roles[1, :40] = "buffer"
+    xy = np.random.default_rng(1).uniform(0, 1e5, (n, 2))
     predictions, chosen = baseline_predictions(patches, np.array([False, False]), target, roles, trees=30,
-                                               leaf_sizes=(1, 5, 20), seed=0)
+                                               leaf_sizes=(1, 5, 20), seed=0, xy=xy)
+    assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features"]
     test = roles[0] == "test"
     for name, values in predictions.items():
         assert values.shape == (2, n) and np.isnan(values[:, ~test]).all() and np.isfinite(values[:, test]).all()
@@ -67,7 +69,7 @@ def test_leaf_size_is_chosen_on_validation():
     assert leaf == 3 and model.n_estimators == 7
     with pytest.raises(SocmapError, match=r"evaluate.rf_min_samples_leaf = \[\]"):
         baseline_predictions(np.zeros((4, 1, 1, 1, 1)), np.array([False]), np.ones(4),
-                             np.array([["train"] * 4]), trees=2, leaf_sizes=(), seed=0)
+                             np.array([["train"] * 4]), trees=2, leaf_sizes=(), seed=0, xy=np.zeros((4, 2)))
 
 
 def test_forest_predictions_are_the_same_bits_every_time():
@@ -78,3 +80,23 @@ def test_forest_predictions_are_the_same_bits_every_time():
     again, _ = fit_forest(x, y, x[:50], y[:50], 100, (5,), 0)
     predictions = {model.predict(x[:400]).tobytes() for model in (first, again) for _ in range(5)}
     assert len(predictions) == 1
+
+
+def test_kriged_forests_add_back_the_spatial_error_from_out_of_bag_residuals():
+    """A target with a smooth spatial part that no band sees: kriging the forest's residuals recovers it."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    xy = rng.uniform(0, 100_000, (n, 2))
+    patches = rng.normal(size=(n, 2, 3, 3, 2)).astype(np.float32)
+    spatial = 8.0 * np.sin(xy[:, 0] / 15_000) * np.cos(xy[:, 1] / 15_000)
+    target = 30.0 + 6.0 * patches[:, 0, 1, 1, -1] + spatial + rng.normal(0, 1.0, n)
+    roles = np.where(np.arange(n) < 900, "train", np.where(np.arange(n) < 1000, "val", "test"))[None]
+    predictions, _ = baseline_predictions(patches, np.array([False, False]), target, roles, trees=60,
+                                          leaf_sizes=(5,), seed=0, xy=xy, kriging="linear", neighbours=16)
+    assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features", "rf_survey_year_kriged",
+                                 "rf_features_kriged"]
+    test = roles[0] == "test"
+    for name in ("rf_survey_year", "rf_features"):
+        plain = r2_score(target[test], predictions[name][0, test])
+        kriged = r2_score(target[test], predictions[f"{name}_kriged"][0, test])
+        assert kriged > plain + 0.2 and np.isnan(predictions[f"{name}_kriged"][0, ~test]).all()

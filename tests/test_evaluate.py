@@ -11,12 +11,14 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from socmap.baselines import BASELINES
+from socmap.baselines import baseline_names
 from socmap.errors import SocmapError
-from socmap.evaluate import bootstrap, evaluate, roles_matrix, write_outputs
+from socmap.evaluate import bootstrap, evaluate, krige_runs, roles_matrix, write_outputs
 from socmap.intervals import prediction_interval
+from socmap.kriging import load_fields
 
 RUNS = 3
+BASELINES = baseline_names("log")
 
 
 def sklearn_figures(observed: np.ndarray, predicted: np.ndarray) -> dict:
@@ -64,12 +66,15 @@ def hand_made(mode: str, rows: int = 300, seed: int = 0):
     return samples, roles.astype(str), predictions, baselines
 
 
-def written(tmp_path, mode: str, **truth):
+def written(tmp_path, mode: str, kriging: str = "none", **truth):
     samples, roles, predictions, baselines = hand_made(mode)
-    summary, table, calibration = evaluate(samples, predictions, roles, baselines, mode, 0.9, 200, 0, **truth)
+    predictions, added = krige_runs(samples[["x", "y"]].to_numpy(), samples["target"].to_numpy(), predictions,
+                                    roles, kriging, 16)
+    summary, table, calibration = evaluate(samples, predictions, roles, baselines, mode, 0.9, 200, 0, **truth,
+                                           kriging=added)
     outline = [(np.array([0, 5e4, 5e4, 0, 0]), np.array([0, 0, 5e4, 5e4, 0]))]
     write_outputs(summary, table, calibration, samples, outline, tmp_path / "metrics", tmp_path / "plots",
-                  tmp_path / "calibration.json")
+                  tmp_path / "calibration.json", fields=[] if added is None else added.fields)
     metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
     return metrics, pd.read_csv(tmp_path / "plots" / "predictions.csv"), samples, roles, predictions
 
@@ -101,6 +106,8 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     lo, hi = metrics["bootstrap"]["r2"]
     assert lo < metrics["r2"] < hi and metrics["bootstrap"]["resamples"] == 200
     assert metrics["ceiling"]["skipped"].startswith("no truth.parquet")
+    assert metrics["kriging"] == {"space": "none"} and "unkriged" not in table
+    assert not (tmp_path / "plots" / "variogram.png").exists()
     assert metrics["mode"] == "holdout" and metrics["coverage"]["0.9"] == metrics["picp"]
     # what the map stage applies: the calibration file rebuilds the bounds of the csv
     calibration = json.loads((tmp_path / "calibration.json").read_text())
@@ -130,6 +137,48 @@ def test_kfold_pools_out_of_fold_predictions(tmp_path):
     row = 5
     others = np.delete(predictions[:, row], table["fold"][row])
     assert table["std"][row] == pytest.approx(np.std(others, ddof=1))
+
+
+@pytest.mark.parametrize("mode", ["holdout", "kfold"])
+def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv(tmp_path, mode):
+    metrics, table, samples, roles, predictions = written(tmp_path, mode, kriging="log")
+    assert_figures(metrics, sklearn_figures(table["observed"], table["ensemble"]))
+    assert_figures(metrics["kriging"]["unkriged"], sklearn_figures(table["observed"], table["unkriged"]))
+    assert not np.allclose(table["unkriged"], table["ensemble"])
+    if mode == "holdout":
+        raw = hand_made(mode)[2]
+        assert np.allclose(table["unkriged"], raw[:, roles[0] == "test"].mean(axis=0))
+    # the intervals, rebuilt from the csv with the calibration file: they scale with the kriging variance
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, ensemble=mode == "holdout",
+                                       kappa=table["kriging_variance"])
+    assert np.allclose(lower, table["lower"]) and np.allclose(upper, table["upper"])
+    assert 0 < table["kriging_variance"].min() < table["kriging_variance"].max() <= 1
+    inside = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
+    assert metrics["picp"] == pytest.approx(inside.mean())
+    assert (tmp_path / "plots" / "variogram.png").stat().st_size > 10_000
+    variograms = metrics["kriging"]["variograms"]
+    assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"run_{k}" for k in range(RUNS)}
+    assert all(v["rows"] == (roles[k] == "train").sum() for k, v in enumerate(variograms.values()))
+
+
+def test_kriging_of_a_run_sees_only_its_training_rows():
+    samples, roles, predictions, _ = hand_made("holdout")
+    xy, targets = samples[["x", "y"]].to_numpy(), samples["target"].to_numpy()
+    kriged, added = krige_runs(xy, targets, predictions, roles, "log", 16)
+    held_out = roles[0] != "train"
+    changed = targets.copy()
+    changed[held_out] *= 3.0  # the validation and test targets of run 0 tell its kriging nothing
+    again, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
+    assert np.array_equal(again[0], kriged[0])
+    changed = targets.copy()
+    changed[roles[0] == "train"] *= 1.5
+    moved, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
+    assert not np.allclose(moved[0, held_out], kriged[0, held_out])
+    assert len(added.fields) == RUNS and np.array_equal(added.unkriged, predictions)
+    # next to a run's training rows kriging explains more of the error than at its held-out rows
+    assert added.variance[0, roles[0] == "train"].mean() < added.variance[0, held_out].mean()
+    assert krige_runs(xy, targets, predictions, roles, "none", 16) == (predictions, None)
 
 
 def test_ceiling_from_truth(tmp_path):
@@ -191,6 +240,8 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
         assert test_ids.is_unique and len(test_ids) == len(pd.read_parquet(tmp_path / "data/processed/samples.parquet"))
     assert sorted(table["row_id"]) == sorted(test_ids)
     assert_figures(metrics, sklearn_figures(table["observed"], table["ensemble"]))
+    assert list(metrics["baselines"]) == BASELINES
+    assert_figures(metrics["kriging"]["unkriged"], sklearn_figures(table["observed"], table["unkriged"]))
     for name in BASELINES:  # the training mean is constant: no Pearson correlation to recompute
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]),
                        skip=("r2_pearson",) if name == "training_mean" else ())
@@ -201,3 +252,4 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     calibration = json.loads((tmp_path / "data/evaluate/calibration.json").read_text())
     assert calibration["n"] > 20 and calibration["spread_weight"] == 1.0
     assert sorted(os.listdir(tmp_path / "metrics/evaluate")) == ["metrics.json"]
+    assert len(load_fields(tmp_path / "data/evaluate/kriging.npz")) == 3

@@ -84,3 +84,26 @@ def test_calibration_levels_and_errors():
         prediction_interval(np.ones(2), np.ones(2), calibration, level=0.99)
     with pytest.raises(SocmapError, match="only 10 validation rows"):
         fit_calibration(observed[:10], predictions[0, :10], np.ones(10), runs=3, interval=0.9)
+
+
+def test_kriging_variance_carries_the_calibration_from_near_rows_to_far_ones():
+    """Errors whose shared part grows with the relative kriging variance κ: calibrated where κ is low
+    (validation rows next to training sites), the intervals still cover where κ is high (test rows, pixels)."""
+    rng = np.random.default_rng(4)
+
+    def draw(n, kappa):
+        mu = rng.lognormal(3.0, 0.5, n)
+        observed = mu + np.sqrt(kappa) * 0.25 * mu * rng.standard_normal(n)
+        return observed, mu + 0.1 * mu * rng.standard_normal((3, n))
+
+    near, far = rng.uniform(0.3, 0.6, 3000), rng.uniform(0.8, 1.0, 40000)
+    observed, predictions = draw(3000, near)
+    spread = predictions[1:].std(axis=0, ddof=1)
+    scaled = fit_calibration(observed, predictions[0], spread, runs=3, interval=0.9, kappa=near)
+    plain = fit_calibration(observed, predictions[0], spread, runs=3, interval=0.9)
+    observed, predictions = draw(40000, far)
+    mean, std = predictions.mean(axis=0), predictions.std(axis=0, ddof=1)
+    lower, upper = prediction_interval(mean, std, scaled, kappa=far)
+    assert abs(np.mean((observed >= lower) & (observed <= upper)) - 0.9) < 0.02
+    lower, upper = prediction_interval(mean, std, plain)
+    assert np.mean((observed >= lower) & (observed <= upper)) < 0.85  # without κ: too narrow far away

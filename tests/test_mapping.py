@@ -21,6 +21,7 @@ from socmap import mapping
 from socmap.config import replace
 from socmap.errors import SocmapError
 from socmap.intervals import prediction_interval
+from socmap.kriging import load_fields
 from socmap.patches import fill_missing
 from socmap.predict import load_ensemble
 from socmap.rasters import RasterCatalog
@@ -53,6 +54,11 @@ def ensemble(project):
 @pytest.fixture(scope="module")
 def calibration(project) -> dict:
     return mapping.read_calibration(project[0] / "data/evaluate/calibration.json")
+
+
+@pytest.fixture(scope="module")
+def fields(project) -> list:
+    return load_fields(project[0] / "data/evaluate/kriging.npz")
 
 
 def read(path: Path) -> tuple[np.ndarray, dict]:
@@ -96,8 +102,10 @@ def test_maps_are_valid_cogs_on_the_reference_grid_with_bands_units_and_identity
     assert meta["descriptions"] == ("SOC change 2018-2020 mean", "SOC change 2018-2020 ensemble std")
 
 
-def test_a_map_pixel_equals_the_ensemble_on_the_sample_patch_of_a_row_there(project, ensemble, calibration):
+def test_a_map_pixel_equals_the_kriged_ensemble_on_the_sample_patch_of_a_row_there(project, ensemble, calibration,
+                                                                                  fields):
     root, params = project
+    assert len(fields) == len(ensemble) and fields[0].space == "log"  # the default: evaluate.kriging = log
     samples = pd.read_parquet(root / "data/processed/samples.parquet")
     patches = np.load(root / "data/processed/patches.npy", mmap_mode="r")
     grid = RasterCatalog.open(params.data).grid
@@ -116,10 +124,17 @@ def test_a_map_pixel_equals_the_ensemble_on_the_sample_patch_of_a_row_there(proj
         np.testing.assert_array_equal(mapped, centre_inside)
         assert mapped.mean() > 0.8
         members, pixel, rows = members[:, mapped], pixel[:, mapped], rows[mapped]
+        # each member kriged from its run's training residuals at the pixel centre, as evaluate does
+        centres = np.stack([centre_x[row, col][mapped], centre_y[row, col][mapped]], axis=1)
+        unkriged = members
+        members = np.stack([f.correct(m, *f.krige(centres)) for f, m in zip(fields, members)])
+        assert np.abs(members / unkriged - 1).max() > 0.01  # kriging moved the pixels
+        kappa = np.mean([f.krige(centres)[1] for f in fields], axis=0)
         # the same patches (see below) in other batches: equal up to the model's float32 rounding
         np.testing.assert_allclose(pixel[0], members.mean(axis=0), rtol=1e-6)
         np.testing.assert_allclose(pixel[1], members.std(axis=0, ddof=1), rtol=1e-5, atol=1e-5)
-        lower, upper = prediction_interval(members.mean(axis=0), members.std(axis=0, ddof=1), calibration)
+        lower, upper = prediction_interval(members.mean(axis=0), members.std(axis=0, ddof=1), calibration,
+                                           kappa=kappa)
         np.testing.assert_allclose(pixel[2], lower, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(pixel[3], upper, rtol=1e-5, atol=1e-4)
         checked += len(rows)
@@ -169,20 +184,22 @@ def test_previews_show_each_map(project):
 # ---------------------------------------------------------------------------------- streaming
 
 
-def map_once(params, ensemble, calibration: dict, out_dir: Path, catalog: RasterCatalog | None = None) -> list[Path]:
+def map_once(params, ensemble, calibration: dict, out_dir: Path, catalog: RasterCatalog | None = None,
+             fields=()) -> list[Path]:
     """The maps of `params` (the stage's work without its fixed paths)."""
     catalog = catalog or RasterCatalog.open(params.data)
     region = Region.from_config(params.data.region)
-    return mapping.make_maps(catalog, region, ensemble, calibration, params, out_dir, {"SOCMAP_TEST": "1"})
+    return mapping.make_maps(catalog, region, ensemble, calibration, params, out_dir, {"SOCMAP_TEST": "1"}, fields)
 
 
-def test_nodata_outside_the_region_and_block_size_does_not_change_the_map(project, ensemble, calibration, tmp_path):
+def test_nodata_outside_the_region_and_block_size_does_not_change_the_map(project, ensemble, calibration, fields,
+                                                                           tmp_path):
     root, params = project
     west, south, east, north = params.data.region.bbox
     small = replace(params, **{"data.region.bbox": [west, south, (west + east) / 2, north], "map.years": [2020]})
-    (small_path,) = map_once(small, ensemble, calibration, tmp_path / "small")
+    (small_path,) = map_once(small, ensemble, calibration, tmp_path / "small", fields=fields)
     (whole_path,) = map_once(replace(params, **{"map.years": [2020], "map.block_size": 64}), ensemble,
-                             calibration, tmp_path / "whole")
+                             calibration, tmp_path / "whole", fields=fields)
     whole, _ = read(whole_path)
     # blocks of 16 vs 64: other batches, so equal up to the model's float32 rounding
     np.testing.assert_allclose(whole, read(root / "data/maps/soc_2020.tif")[0], rtol=1e-5, atol=1e-5)
@@ -220,7 +237,14 @@ def wide_world(tmp_path_factory) -> Path:
     return world
 
 
-def test_peak_memory_does_not_grow_with_the_region(wide_world, ensemble, calibration, tmp_path):
+def test_kriging_fields_must_match_the_checkpoints(project, ensemble, calibration, fields, tmp_path):
+    _, params = project
+    with pytest.raises(SocmapError, match=r"kriging.npz: kriging fields of 1 run\(s\) for 2 checkpoints in models/; "
+                                          r"rerun `socmap evaluate`"):
+        map_once(params, ensemble, calibration, tmp_path, fields=fields[:1])
+
+
+def test_peak_memory_does_not_grow_with_the_region(wide_world, ensemble, calibration, fields, tmp_path):
     peaks = {}
     for name, east in (("region", 11.54), ("doubled", 12.08)):
         params = tiny_params(wide_world, **{**MAP, "map.years": [2020], "map.block_size": 32,
@@ -228,7 +252,7 @@ def test_peak_memory_does_not_grow_with_the_region(wide_world, ensemble, calibra
         catalog = RasterCatalog.open(params.data)
         catalog.fill_values  # noqa: B018 (whole-grid statistics, the same for any region)
         tracemalloc.start()
-        (path,) = map_once(params, ensemble, calibration, tmp_path / name, catalog)
+        (path,) = map_once(params, ensemble, calibration, tmp_path / name, catalog, fields)
         peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     with rasterio.open(path) as src:

@@ -6,6 +6,9 @@
 - ``rf_features``: a random forest on hand-made context and history features: the centre pixel and
   the window mean of every band in every year of the window, and the centre minus the window mean in
   the survey year (the terrain-position idea behind TPI); static bands once, not once per year.
+- ``rf_survey_year_kriged``, ``rf_features_kriged`` (with `evaluate.kriging` on): each forest with
+  regression kriging of its out-of-bag residuals at the training rows (its in-bag residuals are
+  close to 0 and would hide the spatial error), as the network is kriged.
 
 The forests' leaf size is tuned on each run's validation rows only; the test rows are only predicted.
 """
@@ -16,9 +19,10 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from socmap.errors import SocmapError
+from socmap.kriging import ResidualField
 from socmap.metrics import r2_score
 
-BASELINES = ("training_mean", "rf_survey_year", "rf_features")
+FORESTS = ("rf_survey_year", "rf_features")
 TUNING_TREES = 50  # enough trees to rank leaf sizes; the chosen one is refitted with evaluate.rf_trees
 
 
@@ -49,13 +53,15 @@ def history_features(patches: np.ndarray, static: np.ndarray) -> np.ndarray:
 
 def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,
                leaf_sizes: tuple[int, ...], seed: int) -> tuple[RandomForestRegressor, int]:
-    """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees."""
+    """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees
+    (with its out-of-bag predictions of the training rows, ``oob_prediction_``)."""
     def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
         # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest).
         # Fitted on every core, predicting on one: threads add up the trees in any order, and the
         # last bits of the metrics would change from run to run (and dvc.lock with them).
         return RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3,
-                                     n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
+                                     oob_score=n_trees == trees, n_jobs=-1,
+                                     random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
 
     if len(leaf_sizes) > 1:
         scores = [r2_score(y_val, forest(min(trees, TUNING_TREES), leaf).predict(x_val)) for leaf in leaf_sizes]
@@ -65,22 +71,29 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     return forest(trees, leaf), leaf
 
 
+def baseline_names(kriging: str) -> list[str]:
+    """The baselines evaluated with `evaluate.kriging` = `kriging`, in report order."""
+    return ["training_mean", *FORESTS, *([f"{name}_kriged" for name in FORESTS] if kriging != "none" else [])]
+
+
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
-                         trees: int, leaf_sizes: tuple[int, ...], seed: int) -> tuple[dict[str, np.ndarray], dict]:
+                         trees: int, leaf_sizes: tuple[int, ...], seed: int, xy: np.ndarray,
+                         kriging: str = "none", neighbours: int = 16) -> tuple[dict[str, np.ndarray], dict]:
     """Each baseline's prediction of each run's test rows, fitted on that run's training rows.
 
     Args:
         patches: [N, C, W, W, T]; static: [C] bool; targets: [N] g/kg.
         roles: [K, N] role of every row in every run (train, val, test, buffer).
+        xy: [N, 2] row positions (metres); kriging, neighbours: evaluate.kriging and kriging_neighbours.
     Returns:
         ({baseline: [K, N] predictions, NaN where the row is not test in that run},
-         {baseline: {"min_samples_leaf": [per run]}}).
+         {forest: {"min_samples_leaf": [per run]}}).
     """
     if not leaf_sizes:
         raise SocmapError("evaluate.rf_min_samples_leaf = []: give at least one leaf size, e.g. [5]")
     features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
     runs, rows = roles.shape
-    predictions = {name: np.full((runs, rows), np.nan) for name in BASELINES}
+    predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(kriging)}
     chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
     for run in range(runs):
         train, val, test = (roles[run] == role for role in ("train", "val", "test"))
@@ -89,4 +102,8 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
             model, leaf = fit_forest(x[train], targets[train], x[val], targets[val], trees, leaf_sizes, seed + run)
             predictions[name][run, test] = model.predict(x[test])
             chosen[name]["min_samples_leaf"].append(leaf)
+            if kriging != "none":
+                field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging, neighbours)
+                predictions[f"{name}_kriged"][run, test] = field.correct(predictions[name][run, test],
+                                                                         *field.krige(xy[test]))
     return predictions, chosen

@@ -180,6 +180,8 @@ class EvaluateConfig:
     rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=_range(ge=1))  # tuned on validation
     seed: int = field(default=0, metadata=_range(ge=0))
     batch_size: int = field(default=2048, metadata=_range(ge=1))
+    kriging: Literal["log", "linear", "none"] = "log"  # regression kriging of each run's training residuals
+    kriging_neighbours: int = field(default=16, metadata=_range(ge=1))  # nearest training rows per system
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Only the test rows are scored, and they choose nothing: the best run is chosen by its validation r2,
 the forests' leaf size and the intervals are calibrated on validation rows.
 
+With `evaluate.kriging` on, every run's predictions are regression-kriged from its own training
+residuals (`socmap.kriging`) before anything is scored; the fields go to the map stage, and the
+figures without kriging are kept under ``kriging.unkriged``.
+
 - holdout: every run has the same test rows; the ensemble is the mean of the runs' predictions and
   its spread their std.
 - kfold: each run (fold) has its own test rows and every row is test once, so the headline figures
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,10 +28,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from socmap.baselines import BASELINES, baseline_predictions  # noqa: E402
+from socmap.baselines import baseline_predictions  # noqa: E402
 from socmap.errors import SocmapError  # noqa: E402
 from socmap.intervals import fit_calibration, prediction_interval  # noqa: E402
 from socmap.io import atomic_path, write_json  # noqa: E402
+from socmap.kriging import (MAX_LAG_KM, ResidualField, empirical_variogram, require_projected,  # noqa: E402
+                            save_fields)
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics  # noqa: E402
 from socmap.plots import save_figure  # noqa: E402
 
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 PATCHES, SAMPLES, REPORT = "data/processed/patches.npy", "data/processed/samples.parquet", "data/processed/report.json"
 SPLIT, MODELS = "data/splits/split.parquet", "models"
 METRICS_DIR, PLOTS_DIR, CALIBRATION = "metrics/evaluate", "plots/evaluate", "data/evaluate/calibration.json"
+KRIGING = "data/evaluate/kriging.npz"
 
 
 # ------------------------------------------------------------------------------- inputs
@@ -79,6 +87,36 @@ def load_truth(points_path: str | Path, samples: pd.DataFrame) -> tuple[pd.DataF
 # --------------------------------------------------------------------------- computation
 
 
+@dataclass(frozen=True)
+class Kriging:
+    """What regression kriging adds to the runs' predictions (`krige_runs`)."""
+
+    unkriged: np.ndarray  # [K, N] the predictions before kriging, g/kg
+    fields: list[ResidualField]  # each run's
+    variance: np.ndarray  # [K, N] relative kriging variance of each run at each row
+
+
+def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, space: str,
+               neighbours: int) -> tuple[np.ndarray, Kriging | None]:
+    """Every run's predictions of every row, regression-kriged from that run's training residuals.
+
+    Args:
+        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N].
+    Returns:
+        ([K, N] kriged predictions, what kriging added); with `space` none, the predictions and None.
+    """
+    if space == "none":
+        return predictions, None
+    fields, kriged, variance = [], np.empty_like(predictions), np.empty_like(predictions)
+    for run, predicted in enumerate(predictions):
+        train = roles[run] == "train"
+        field = ResidualField.fit(xy[train], targets[train], predicted[train], space, neighbours)
+        residual, variance[run] = field.krige(xy)
+        kriged[run] = field.correct(predicted, residual, variance[run])
+        fields.append(field)
+    return kriged, Kriging(predictions, fields, variance)
+
+
 def test_scores(predictions: np.ndarray, roles: np.ndarray, mode: str) -> tuple[np.ndarray, ...]:
     """Rows scored on test, their prediction, spread and (kfold) fold.
 
@@ -103,11 +141,13 @@ def test_scores(predictions: np.ndarray, roles: np.ndarray, mode: str) -> tuple[
     return rows, mean, std, fold
 
 
-def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(observed, honest prediction, spread of the other runs) for every (row, run) where the row is validation."""
+def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray,
+                     variance: np.ndarray | None = None) -> tuple[np.ndarray | None, ...]:
+    """(observed, honest prediction, spread of the other runs, that run's relative kriging variance or None)
+    for every (row, run) where the row is validation."""
     runs, rows = np.nonzero(roles == "val")
     spread = np.array([_std(np.delete(predictions[:, r], k)) for k, r in zip(runs, rows)])
-    return targets[rows], predictions[runs, rows], spread
+    return targets[rows], predictions[runs, rows], spread, None if variance is None else variance[runs, rows]
 
 
 def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, resamples: int, seed: int,
@@ -151,21 +191,27 @@ def run_summary(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray)
 
 def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, baselines: dict[str, np.ndarray],
              mode: str, interval: float, resamples: int, seed: int,
-             truth: pd.DataFrame | None = None, oracle: dict | None = None) -> tuple[dict, pd.DataFrame, dict]:
+             truth: pd.DataFrame | None = None, oracle: dict | None = None,
+             kriging: Kriging | None = None) -> tuple[dict, pd.DataFrame, dict]:
     """All figures of the stage from the runs' predictions of every row.
 
     Args:
-        samples: samples.parquet; predictions: [K, N] g/kg per run; roles: [K, N];
-        baselines: {name: [K, N] predictions of each run's test rows}.
+        samples: samples.parquet; predictions: [K, N] g/kg per run (kriged, if kriging is on); roles: [K, N];
+        baselines: {name: [K, N] predictions of each run's test rows}, in report order.
+        kriging: what kriging added to `predictions` (`krige_runs`); None: no kriging.
     Returns:
         (metrics summary, predictions table of the test rows, interval calibration).
     """
     targets = samples["target"].to_numpy(np.float64)
-    calibration = fit_calibration(*calibration_rows(targets, predictions, roles), runs=len(predictions),
-                                  interval=interval)
+    observed, predicted, spread, kappa = calibration_rows(targets, predictions, roles,
+                                                          None if kriging is None else kriging.variance)
+    calibration = fit_calibration(observed, predicted, spread, runs=len(predictions), interval=interval, kappa=kappa)
     rows, mean, std, fold = test_scores(predictions, roles, mode)
     ensemble = mode == "holdout"
-    lower, upper = prediction_interval(mean, std, calibration, ensemble=ensemble)
+    kappa = None
+    if kriging is not None:  # of the runs whose prediction `mean` is: all (holdout) or the fold's
+        kappa = kriging.variance[:, rows].mean(axis=0) if ensemble else kriging.variance[fold, rows]
+    lower, upper = prediction_interval(mean, std, calibration, ensemble=ensemble, kappa=kappa)
     observed = targets[rows]
     table = samples.iloc[rows][["row_id", "site_id", "year", "x", "y"]].reset_index(drop=True)
     table["observed"] = observed
@@ -174,15 +220,17 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
     for k in range(len(predictions)):
         table[f"run_{k}"] = np.where(roles[k, rows] == "test", predictions[k, rows], np.nan)
     table = table.assign(ensemble=mean, std=std, lower=lower, upper=upper, residual=mean - observed)
-    for name in BASELINES:
+    if kriging is not None:
+        table["unkriged"] = test_scores(kriging.unkriged, roles, mode)[1]
+        table["kriging_variance"] = kappa
+    for name in baselines:
         table[name] = np.nanmean(baselines[name][:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
     summary = {**regression_metrics(observed, mean), **interval_metrics(observed, lower, upper),
                "interval": interval, "mode": mode, **run_summary(targets, predictions, roles),
                "bootstrap": bootstrap(observed, mean, table["site_id"].to_numpy(), resamples, seed,
-                                      {name: table[name].to_numpy() for name in BASELINES}),
+                                      {name: table[name].to_numpy() for name in baselines}),
                "baselines": {}}
-    for name in BASELINES:
-        per_run = baselines[name]
+    for name, per_run in baselines.items():
         runs = [regression_metrics(targets[roles[k] == "test"], per_run[k, roles[k] == "test"])
                 for k in range(len(per_run))]
         figures = regression_metrics(observed, table[name])
@@ -198,17 +246,23 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
         }
     else:
         summary["ceiling"] = {"skipped": "no truth.parquet beside data.points.path: real data have no ceiling"}
-    coverage = coverage_curve(observed, mean, std, calibration, ensemble)
+    summary["kriging"] = {"space": "none"}
+    if kriging is not None:  # the variogram of every run, and the ensemble without kriging: what kriging added
+        fields = kriging.fields
+        summary["kriging"] = {"space": fields[0].space, "neighbours": fields[0].neighbours,
+                              "variograms": {f"run_{k}": field.summary() for k, field in enumerate(fields)},
+                              "unkriged": regression_metrics(observed, table["unkriged"])}
+    coverage = coverage_curve(observed, mean, std, calibration, ensemble, kappa)
     summary["coverage"] = coverage.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
     return summary, table, calibration
 
 
 def coverage_curve(observed: np.ndarray, mean: np.ndarray, std: np.ndarray, calibration: dict,
-                   ensemble: bool) -> pd.DataFrame:
+                   ensemble: bool, kappa: np.ndarray | None = None) -> pd.DataFrame:
     """Nominal against observed coverage (and mean width) at every calibrated level."""
     rows = []
     for level in sorted(float(k) for k in calibration["quantiles"]):
-        lower, upper = prediction_interval(mean, std, calibration, level=level, ensemble=ensemble)
+        lower, upper = prediction_interval(mean, std, calibration, level=level, ensemble=ensemble, kappa=kappa)
         figures = interval_metrics(observed, lower, upper)
         rows.append({"nominal": level, "observed": figures["picp"], "width": figures["interval_width"]})
     return pd.DataFrame(rows)
@@ -279,13 +333,34 @@ def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list,
     save_figure(fig, path, dpi=110)
 
 
+def plot_variograms(fields: list[ResidualField], path: Path) -> None:
+    """Each run's empirical variogram of its training residuals (points) and the fitted model (line)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for run, field in enumerate(fields):
+        lags, gamma, pairs = empirical_variogram(field.xy, field.residuals)
+        colour = plt.cm.tab10(run % 10)
+        used = pairs > 0
+        ax.scatter(lags[used], gamma[used], s=12, color=colour, alpha=0.7)
+        h = np.linspace(0.0, MAX_LAG_KM, 200)
+        v = field.variogram
+        ax.plot(h, v(h), color=colour, lw=1.2,
+                label=f"run {run}: nugget {v.nugget:.3g}, sill {v.sill:.3g}, range a {v.range_km:.1f} km")
+    unit = "(log ratio)²" if fields[0].space == "log" else "(g/kg)²"
+    ax.set(xlim=(0, MAX_LAG_KM), ylim=(0, None), xlabel="distance between training rows (km)",
+           ylabel=f"semivariance {unit}",
+           title="Variogram of the runs' training residuals (exponential: 95 % of the sill at 3a)")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path, dpi=110)
+
+
 # ------------------------------------------------------------------------------------- stage
 
 
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame,
                   outline: list, metrics_dir: str | Path = METRICS_DIR, plots_dir: str | Path = PLOTS_DIR,
-                  calibration_path: str | Path = CALIBRATION) -> None:
-    """metrics.json through dvclive, plot data and PNGs, the calibration; each written atomically."""
+                  calibration_path: str | Path = CALIBRATION, fields: list[ResidualField] = ()) -> None:
+    """metrics.json through dvclive, plot data and PNGs (with kriging `fields`, their variograms), the
+    calibration; each written atomically."""
     from dvclive import Live  # dvclive reads git and DVC state at import; only the stage needs it
 
     with atomic_path(plots_dir) as tmp:
@@ -293,9 +368,12 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
         table.to_csv(tmp / "predictions.csv", index=False)
         error_by_year(table).to_csv(tmp / "error_by_year.csv", index=False)
         coverage_curve(table["observed"], table["ensemble"], table["std"], calibration,
-                       ensemble=summary["mode"] == "holdout").to_csv(tmp / "coverage.csv", index=False)
+                       ensemble=summary["mode"] == "holdout",
+                       kappa=table.get("kriging_variance")).to_csv(tmp / "coverage.csv", index=False)
         plot_scatter(table, summary, tmp / "predicted_vs_observed.png")
         plot_residual_map(table, samples, outline, tmp / "residual_map.png")
+        if fields:
+            plot_variograms(fields, tmp / "variogram.png")
     write_json(calibration_path, calibration)
     with atomic_path(metrics_dir) as tmp:
         live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False)
@@ -304,28 +382,35 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
 
 
 def main(params) -> None:
-    """Read patches, samples, split and models/run_*.pt; write metrics/evaluate/, plots/evaluate/, data/evaluate/."""
+    """Read patches, samples, split and models/run_*.pt; write metrics/evaluate/, plots/evaluate/, data/evaluate/
+    (the interval calibration and the kriging fields)."""
     from socmap.predict import load_ensemble
     from socmap.region import Region
 
     cfg = params.evaluate
+    grid_crs = json.loads(Path(REPORT).read_text())["grid"]["crs"]
+    require_projected(grid_crs, cfg.kriging, REPORT)
     samples = pd.read_parquet(SAMPLES)
     patches = np.load(PATCHES, mmap_mode="r")
     predictors = load_ensemble(MODELS)
     roles = roles_matrix(pd.read_parquet(SPLIT), samples["row_id"].to_numpy(), len(predictors))
-    predictions = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
+    targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
+    unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
+    predictions, kriging = krige_runs(xy, targets, unkriged, roles, cfg.kriging, cfg.kriging_neighbours)
     static = np.isin(list(predictors[0].bands), params.data.static_bands)
-    baselines, chosen = baseline_predictions(patches, static, samples["target"].to_numpy(np.float64), roles,
-                                             cfg.rf_trees, cfg.rf_min_samples_leaf, cfg.seed)
+    baselines, chosen = baseline_predictions(patches, static, targets, roles, cfg.rf_trees, cfg.rf_min_samples_leaf,
+                                             cfg.seed, xy, cfg.kriging, cfg.kriging_neighbours)
     truth, oracle = load_truth(params.data.points.path, samples)
     if truth is None:
         log.info("no truth.parquet beside %s: real data, no ceiling", params.data.points.path)
     summary, table, calibration = evaluate(samples, predictions, roles, baselines, params.split.mode, cfg.interval,
-                                           cfg.bootstrap, cfg.seed, truth, oracle)
+                                           cfg.bootstrap, cfg.seed, truth, oracle, kriging)
     for name, choice in chosen.items():
         summary["baselines"][name].update(choice)
-    grid_crs = json.loads(Path(REPORT).read_text())["grid"]["crs"]
-    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs))
-    log.info("test (%s, n %d): r2 %.3f, rmse %.2f g/kg, bias %+.2f, picp %.3f (nominal %.2f); baselines r2 %s",
-             params.split.mode, summary["n"], summary["r2"], summary["rmse"], summary["bias"], summary["picp"],
-             cfg.interval, ", ".join(f"{k} {v['r2']:.3f}" for k, v in summary["baselines"].items()))
+    save_fields(KRIGING, [] if kriging is None else kriging.fields)
+    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),
+                  fields=[] if kriging is None else kriging.fields)
+    log.info("test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f (nominal %.2f); "
+             "baselines r2 %s", params.split.mode, summary["n"], summary["r2"],
+             f"{summary['kriging']['unkriged']['r2']:.3f}" if kriging else "-", summary["rmse"], summary["bias"],
+             summary["picp"], cfg.interval, ", ".join(f"{k} {v['r2']:.3f}" for k, v in summary["baselines"].items()))

@@ -17,6 +17,10 @@ lower and upper bounds of the calibrated prediction interval
 (`socmap.intervals.prediction_interval`). With two or more years,
 `soc_change_{first}_{last}.tif` holds the mean over the ensemble of each
 member's change (last minus first) and its standard deviation.
+
+With the kriging fields of the evaluate stage (`evaluate.kriging` on), each member's
+prediction is regression-kriged from its run's training residuals before the
+ensemble figures are taken, exactly as the evaluate stage scores it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from socmap.config import Params, params_to_dict
 from socmap.errors import SocmapError
 from socmap.intervals import prediction_interval
 from socmap.io import atomic_path
+from socmap.kriging import ResidualField, load_fields
 from socmap.patches import fill_missing, window_counts
 from socmap.predict import load_ensemble
 from socmap.rasters import GridSpec, RasterCatalog
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 NODATA = -9999.0
 UNIT = "g/kg"
 COG_BLOCK = 256  # pixels per side of a COG tile (and of the overviews' smallest level)
+KRIGING = "data/evaluate/kriging.npz"  # the evaluate stage's residual fields
 GDAL_CACHE_MB = 64  # GDAL's block cache is a share of RAM by default; a fixed cap keeps memory flat
 # The params that decide a map's values (with the checkpoints and the calibration). map.block_size,
 # batch_size, num_processes and launch_args only decide how fast: the same map comes out.
@@ -152,6 +158,29 @@ def predict_block(stack: np.ndarray, valid: np.ndarray, inside: np.ndarray, ense
     return out
 
 
+def krige_members(members: dict[int, np.ndarray], fields: Sequence[ResidualField], x: np.ndarray,
+                  y: np.ndarray) -> np.ndarray | None:
+    """Apply each member's kriged residual to its predictions [M, h, w] of every year, in place.
+
+    The residual field does not change with the year: it is kriged once per block, at the pixels
+    (centres `x`, `y`, each [h, w]) that any year predicts. Returns the members' mean relative kriging
+    variance [h, w] (for the intervals), None without fields.
+    """
+    if not fields:
+        return None
+    predicted_any = np.logical_or.reduce([np.isfinite(p).all(axis=0) for p in members.values()])
+    xy = np.stack([x[predicted_any], y[predicted_any]], axis=1)
+    variance = np.ones(x.shape)
+    variance[predicted_any] = 0.0
+    for member, field in enumerate(fields):
+        kriged, member_variance = field.krige(xy)
+        variance[predicted_any] += member_variance / len(fields)
+        for predicted in members.values():
+            predicted[member, predicted_any] = field.correct(predicted[member, predicted_any], kriged,
+                                                             member_variance)
+    return variance
+
+
 def ensemble_stats(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (ddof 1, as the interval calibration uses; NaN for a single member)
     over the ensemble axis (0), in float64."""
@@ -160,16 +189,20 @@ def ensemble_stats(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return members.mean(axis=0), std
 
 
-def block_bands(members: dict[int, np.ndarray], calibration: dict,
-                change: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """The output bands of one block: output name -> float32 [bands, h, w], NODATA where unpredicted."""
+def block_bands(members: dict[int, np.ndarray], calibration: dict, change: tuple[int, int] | None,
+                kriging_variance: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The output bands of one block: output name -> float32 [bands, h, w], NODATA where unpredicted.
+
+    `kriging_variance` [h, w]: the members' mean relative kriging variance (None: no kriging).
+    """
     out = {}
     for year, predicted in members.items():
         bands = np.full((4, *predicted.shape[1:]), NODATA, dtype=np.float32)
         ok = np.isfinite(predicted).all(axis=0)
         if ok.any():
             mean, std = ensemble_stats(predicted[:, ok])
-            lower, upper = prediction_interval(mean, std, calibration)
+            kappa = None if kriging_variance is None else kriging_variance[ok]
+            lower, upper = prediction_interval(mean, std, calibration, kappa=kappa)
             bands[:, ok] = np.stack([mean, std, lower, upper])
             bands[~np.isfinite(bands)] = NODATA  # the std of a single member
         out[f"soc_{year}"] = bands
@@ -229,11 +262,12 @@ def distributed() -> tuple[int, int, Callable[[object], list | None]]:
 
 def map_blocks(catalog: RasterCatalog, fill_values: Sequence[float], region: Region, ensemble: Sequence,
                calibration: dict, years: Sequence[int], time_before: int, window_size: int,
-               min_valid_fraction: float, block_size: int,
-               batch_size: int) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
+               min_valid_fraction: float, block_size: int, batch_size: int,
+               fields: Sequence[ResidualField] = ()) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
     """Stream the map: yield (block, output name -> float32 [bands, h, w]) for every block.
 
-    `fill_values` are those of the sample stage, per band in data.bands order.
+    `fill_values` are those of the sample stage, per band in data.bands order; `fields` the kriging
+    field of each member (none: no kriging).
 
     Under `torch.distributed` each process computes the blocks of its rank and the blocks come out
     on rank 0 only, a round of one block per process at a time.
@@ -252,7 +286,7 @@ def map_blocks(catalog: RasterCatalog, fill_values: Sequence[float], region: Reg
         mine = blocks[index] if index < len(blocks) else None
         for item in gather(None if mine is None else (mine, map_block(
                 catalog, mine, fill_values, region, ensemble, calibration, needed, year_steps, change, halo,
-                min_valid_fraction, batch_size))) or []:
+                min_valid_fraction, batch_size, fields))) or []:
             if item is not None:
                 bar.update()
                 yield item
@@ -263,12 +297,14 @@ def map_blocks(catalog: RasterCatalog, fill_values: Sequence[float], region: Reg
 def map_block(catalog: RasterCatalog, block: Window, fill_values: Sequence[float], region: Region,
               ensemble: Sequence, calibration: dict, needed: list[int], year_steps: dict[int, slice],
               change: tuple[int, int] | None, halo: int, min_valid_fraction: float,
-              batch_size: int) -> dict[str, np.ndarray]:
-    """One block's output bands: read with its halo, fill, predict, summarise."""
+              batch_size: int, fields: Sequence[ResidualField] = ()) -> dict[str, np.ndarray]:
+    """One block's output bands: read with its halo, fill, predict, krige, summarise."""
     filled, valid = fill_missing(read_halo(catalog, needed, block, halo), fill_values, inplace=True)
     inside = region.mask(catalog.grid, block.row_off, block.col_off, block.height, block.width)
     members = predict_block(filled, valid, inside, ensemble, year_steps, min_valid_fraction, batch_size)
-    return block_bands(members, calibration, change)
+    x, y = catalog.grid.centres(block.row_off, block.col_off, block.height, block.width)
+    kriging_variance = krige_members(members, fields, x, y)
+    return block_bands(members, calibration, change, kriging_variance)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -324,8 +360,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def identity_tags(model_paths: Sequence[str | Path], params: Params, calibration: dict) -> dict[str, str]:
-    """GeoTIFF tags that tell which checkpoints, params (those in VALUE_PARAMS) and calibration made a map."""
+def identity_tags(model_paths: Sequence[str | Path], params: Params, calibration: dict,
+                  kriging_path: str | Path | None = None) -> dict[str, str]:
+    """GeoTIFF tags that tell which checkpoints, params (those in VALUE_PARAMS), calibration and kriging
+    fields made a map."""
     models = {Path(p).name: file_sha256(p) for p in model_paths}
     combined = hashlib.sha256("".join(models.values()).encode()).hexdigest()
     raw = params_to_dict(params)
@@ -343,6 +381,7 @@ def identity_tags(model_paths: Sequence[str | Path], params: Params, calibration
         "SOCMAP_PARAMS": text,
         "SOCMAP_PARAMS_SHA256": hashlib.sha256(text.encode()).hexdigest(),
         "SOCMAP_CALIBRATION": json.dumps(calibration, sort_keys=True),
+        **({"SOCMAP_KRIGING_SHA256": file_sha256(kriging_path)} if kriging_path else {}),
     }
 
 
@@ -392,18 +431,22 @@ def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pi
 
 
 def make_maps(catalog: RasterCatalog, region: Region, ensemble: Sequence, calibration: dict, params: Params,
-              out_dir: str | Path, tags: dict[str, str]) -> list[Path]:
-    """Map every year of `params.map.years` (and their change) into COGs under `out_dir`.
+              out_dir: str | Path, tags: dict[str, str], fields: Sequence[ResidualField] = ()) -> list[Path]:
+    """Map every year of `params.map.years` (and their change) into COGs under `out_dir`, each member
+    kriged with its field in `fields` (none: no kriging).
 
     Returns the paths written (on rank 0; no files and an empty list on the other ranks).
     """
     check_ensemble(ensemble, params)
+    if fields and len(fields) != len(ensemble):
+        raise SocmapError(f"{KRIGING}: kriging fields of {len(fields)} run(s) for {len(ensemble)} checkpoints in "
+                          f"models/; rerun `socmap evaluate`")
     cfg, years = params.map, sorted(params.map.years)
     fill_values = [catalog.fill_values[band] if params.sample.fill == "mean" else 0.0
                    for band in params.data.bands]  # as the sample stage fills its patches
     results = map_blocks(catalog, fill_values, region, ensemble, calibration, years,
                          params.sample.time_before, params.sample.window_size,
-                         params.sample.min_valid_fraction, cfg.block_size, cfg.batch_size)
+                         params.sample.min_valid_fraction, cfg.block_size, cfg.batch_size, fields)
     if distributed()[0] != 0:
         for _ in results:  # the other ranks only compute; rank 0 gathers and writes
             pass
@@ -446,11 +489,12 @@ def main(params: Params) -> None:
     state = PartialState()  # forms the process group when launched; a no-op in a single process
     ensemble = load_ensemble("models", device=state.device)
     calibration = read_calibration("data/evaluate/calibration.json")
+    fields = load_fields(KRIGING)
     catalog = RasterCatalog.open(params.data)
     region = Region.from_config(params.data.region)
     model_paths = [member.source for member in ensemble]
-    tags = identity_tags(model_paths, params, calibration)
-    paths = make_maps(catalog, region, ensemble, calibration, params, "data/maps", tags)
+    tags = identity_tags(model_paths, params, calibration, KRIGING)
+    paths = make_maps(catalog, region, ensemble, calibration, params, "data/maps", tags, fields)
     if not state.is_main_process:
         return
     outline = region.outline(catalog.grid.crs)

@@ -1,0 +1,219 @@
+"""Regression kriging: the part of a model's error that nearby sites share, interpolated between them.
+
+A model that sees only the covariates of a pixel leaves an error that is spatially autocorrelated:
+whatever no band describes (parent material, land-use history; in the simulated world the field
+``r(x)``) is similar at sites a few km apart. Regression kriging, the usual complement of a
+covariate model in digital soil mapping, adds it back:
+
+- each run's residuals at its own training rows, in `space` ``log`` (``log observed − log
+  predicted``: SOC errors are multiplicative) or ``linear`` (g/kg), are fitted with an exponential
+  variogram ``nugget + sill·(1 − exp(−h / range))``;
+- at a new location, simple kriging with the nearest `neighbours` training rows interpolates the
+  residual ``r̂`` with error variance ``σ²``, and the model's prediction is shifted by ``r̂`` (linear)
+  or multiplied by ``exp(r̂ + σ²/2)`` (log: the mean of a log-normal error, not its median, which
+  would bias every prediction low);
+- the kriging variance there, relative to the variance far from every row (``nugget + sill``), says
+  how much of the error kriging has explained: near 1 far from the training sites, lower next to
+  them. The prediction intervals scale with it (`socmap.intervals`), so that they widen with
+  the distance to the nearest sites.
+
+A run's validation and test rows are never among its kriging data, so its validation figures, the
+interval calibration on them and the test figures all see the kriged prediction as the map does.
+Distances are Euclidean in the projected CRS of ``x, y`` (metres), as in the split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import curve_fit
+from scipy.spatial import cKDTree
+
+from socmap.errors import SocmapError
+from socmap.io import atomic_path
+
+SPACES = ("none", "log", "linear")
+FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
+MAX_LAG_KM, LAG_KM = 60.0, 2.0  # the empirical variogram: pairs closer than MAX_LAG_KM in LAG_KM bins
+MIN_PAIRS = 30  # lag bins with fewer pairs are left out of the fit
+CHUNK = 256  # locations per batch of kriging systems: about 2 MB of memory, whatever the region
+
+
+@dataclass(frozen=True)
+class Variogram:
+    """An exponential variogram: semivariance ``nugget + sill·(1 − exp(−h / range_km))`` at h km (95 % of
+    the sill at 3·range_km, the effective range)."""
+
+    nugget: float
+    sill: float  # partial sill: the spatially correlated variance
+    range_km: float
+
+    def __call__(self, distance_km: np.ndarray) -> np.ndarray:
+        return self.nugget + self.sill * (1.0 - np.exp(-np.asarray(distance_km) / self.range_km))
+
+    def covariance(self, distance_km: np.ndarray) -> np.ndarray:
+        """Covariance of the correlated part between locations `distance_km` apart (the nugget excluded)."""
+        return self.sill * np.exp(-np.asarray(distance_km) / self.range_km)
+
+
+def empirical_variogram(xy: np.ndarray, residuals: np.ndarray, max_lag_km: float = MAX_LAG_KM,
+                        lag_km: float = LAG_KM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lag centres km, semivariance, pairs) of every lag bin, from all pairs of rows closer than `max_lag_km`.
+
+    Args:
+        xy: [N, 2] metres; residuals: [N].
+    """
+    km = np.asarray(xy, dtype=np.float64) / 1000.0
+    pairs = cKDTree(km).query_pairs(max_lag_km, output_type="ndarray")
+    bins = int(np.ceil(max_lag_km / lag_km))
+    if len(pairs) == 0:
+        return (np.arange(bins) + 0.5) * lag_km, np.full(bins, np.nan), np.zeros(bins, dtype=np.int64)
+    distance = np.hypot(*(km[pairs[:, 0]] - km[pairs[:, 1]]).T)
+    half_square = 0.5 * (residuals[pairs[:, 0]] - residuals[pairs[:, 1]]) ** 2
+    lag = np.minimum((distance / lag_km).astype(np.int64), bins - 1)
+    count = np.bincount(lag, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        gamma = np.bincount(lag, half_square, minlength=bins) / count
+    return (np.arange(bins) + 0.5) * lag_km, gamma, count
+
+
+def fit_variogram(xy: np.ndarray, residuals: np.ndarray) -> Variogram:
+    """The exponential variogram fitted to the empirical one, each lag weighted by its pairs.
+
+    Without spatial structure to fit (too few pairs, or a fit that fails) the sill is 0: all of the
+    variance is nugget and kriging adds nothing but the mean residual.
+    """
+    residuals = np.asarray(residuals, dtype=np.float64)
+    variance = float(residuals.var()) or 1e-12
+    flat = Variogram(nugget=variance, sill=0.0, range_km=LAG_KM)
+    lags, gamma, count = empirical_variogram(xy, residuals)
+    used = count >= MIN_PAIRS
+    if used.sum() < 3:
+        return flat
+    try:
+        (nugget, sill, range_km), _ = curve_fit(
+            lambda h, c0, c1, a: c0 + c1 * (1.0 - np.exp(-h / a)), lags[used], gamma[used],
+            p0=[variance / 2, variance / 2, 10.0], sigma=1.0 / np.sqrt(count[used]),
+            bounds=([0.0, 0.0, LAG_KM / 4], [4 * variance, 4 * variance, 4 * MAX_LAG_KM]))
+    except (RuntimeError, ValueError):
+        return flat
+    # a nugget above 0 keeps the systems of revisited sites (distance 0 apart) positive definite
+    return Variogram(nugget=max(float(nugget), 1e-3 * variance), sill=float(sill), range_km=float(range_km))
+
+
+def require_projected(crs: str, space: str, source: str) -> None:
+    """Kriging measures distances in metres: a grid in a geographic CRS (degrees) is an error, unless it is off."""
+    from rasterio.crs import CRS
+
+    if space != "none" and CRS.from_user_input(crs).is_geographic:
+        raise SocmapError(f"{source}: the grid CRS {crs} is geographic (degrees), but evaluate.kriging = {space} "
+                          f"needs distances in metres; give rasters in a projected CRS (e.g. EPSG:25832) or set "
+                          f"evaluate.kriging = none")
+
+
+def to_residuals(observed: np.ndarray, predicted: np.ndarray, space: str) -> np.ndarray:
+    """Residuals in the kriging space: log ratio (log) or difference in g/kg (linear)."""
+    observed, predicted = np.asarray(observed, np.float64), np.asarray(predicted, np.float64)
+    if space == "log":
+        return np.log(np.maximum(observed, FLOOR)) - np.log(np.maximum(predicted, FLOOR))
+    return observed - predicted
+
+
+@dataclass(frozen=True)
+class ResidualField:
+    """One run's kriging data: training-row positions and residuals, their variogram, the space."""
+
+    xy: np.ndarray  # [N, 2] metres
+    residuals: np.ndarray  # [N]
+    variogram: Variogram
+    space: str
+    neighbours: int
+
+    @classmethod
+    def fit(cls, xy: np.ndarray, observed: np.ndarray, predicted: np.ndarray, space: str,
+            neighbours: int) -> "ResidualField":
+        """The field of a model's residuals at the rows it was trained on."""
+        if space not in ("log", "linear"):
+            raise SocmapError(f"evaluate.kriging = {space!r}: must be one of {', '.join(SPACES)}")
+        residuals = to_residuals(observed, predicted, space)
+        known = np.isfinite(residuals)  # a forest row that no tree left out of its bag has no out-of-bag value
+        xy, residuals = np.asarray(xy, dtype=np.float64)[known], residuals[known]
+        if len(residuals) == 0:
+            raise SocmapError("no training rows with a residual to krige; set evaluate.kriging = none")
+        return cls(xy, residuals, fit_variogram(xy, residuals), space, int(neighbours))
+
+    @cached_property
+    def _tree(self) -> cKDTree:
+        return cKDTree(self.xy / 1000.0)
+
+    def krige(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Simple kriging at locations `xy` [M, 2] (metres): the residual's estimate [M] and the relative
+        kriging variance [M] (the error variance of the estimate over ``nugget + sill``, in (0, 1])."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        mean = float(self.residuals.mean())
+        out, variance = np.full(len(xy), mean), np.ones(len(xy))
+        if self.variogram.sill <= 0 or len(xy) == 0:
+            return out, variance
+        total = self.variogram.nugget + self.variogram.sill
+        k = min(self.neighbours, len(self.residuals))
+        centred = self.residuals - mean
+        diagonal = np.arange(k)
+        for start in range(0, len(xy), CHUNK):
+            distance, index = self._tree.query(xy[start:start + CHUNK] / 1000.0, k)
+            distance, index = distance.reshape(len(distance), k), index.reshape(len(index), k)
+            px, py = self.xy[index, 0] / 1000.0, self.xy[index, 1] / 1000.0  # [m, k]
+            system, dy = px[:, :, None] - px[:, None, :], py[:, :, None] - py[:, None, :]  # [m, k, k]
+            np.hypot(system, dy, out=system)  # distances, then their covariance, in place
+            system *= -1.0 / self.variogram.range_km
+            np.exp(system, out=system)
+            system *= self.variogram.sill
+            system[:, diagonal, diagonal] += self.variogram.nugget
+            target = self.variogram.covariance(distance)
+            weights = np.linalg.solve(system, target[..., None])[..., 0]
+            out[start:start + len(index)] += np.einsum("mk,mk->m", weights, centred[index])
+            variance[start:start + len(index)] = 1.0 - np.einsum("mk,mk->m", weights, target) / total
+        return out, variance
+
+    def correct(self, predicted: np.ndarray, kriged: np.ndarray, variance: np.ndarray) -> np.ndarray:
+        """The prediction with the residual `kriged` added back, or multiplied back in log space with the
+        log-normal mean's term (`variance`: the relative kriging variance of `krige`)."""
+        if self.space == "log":
+            total = self.variogram.nugget + self.variogram.sill
+            return np.asarray(predicted) * np.exp(kriged + 0.5 * total * np.asarray(variance))
+        return np.asarray(predicted) + kriged
+
+    def summary(self) -> dict:
+        """The variogram and the data behind it, for metrics.json."""
+        return {"nugget": self.variogram.nugget, "sill": self.variogram.sill,
+                "range_km": self.variogram.range_km, "rows": int(len(self.residuals))}
+
+
+def save_fields(path: str | Path, fields: list[ResidualField]) -> None:
+    """Every run's field in one ``.npz`` (atomically), for the map stage."""
+    arrays = {"space": np.array(fields[0].space if fields else "none"),
+              "neighbours": np.array(fields[0].neighbours if fields else 0)}
+    for run, field in enumerate(fields):
+        arrays[f"xy_{run}"] = field.xy
+        arrays[f"residuals_{run}"] = field.residuals
+        arrays[f"variogram_{run}"] = np.array([field.variogram.nugget, field.variogram.sill,
+                                               field.variogram.range_km])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_fields(path: str | Path) -> list[ResidualField]:
+    """The fields `save_fields` wrote, in run order; [] when kriging was off (evaluate.kriging = none)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            space, neighbours = str(data["space"]), int(data["neighbours"])
+            runs = sorted(int(name.split("_")[1]) for name in data.files if name.startswith("variogram_"))
+            return [ResidualField(data[f"xy_{k}"], data[f"residuals_{k}"], Variogram(*map(float, data[f"variogram_{k}"])),
+                                  space, neighbours) for k in runs]
+    except FileNotFoundError:
+        raise SocmapError(f"{path}: residual kriging fields not found; run `socmap evaluate` first") from None
+    except (KeyError, ValueError, OSError) as error:
+        raise SocmapError(f"{path}: not a socmap kriging file ({error}); rerun `socmap evaluate`") from None
