@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params
+from conftest import ROOT, tiny_params
 from socmap import train
 from socmap.checkpoint import load_checkpoint
-from socmap.config import params_to_dict
+from socmap.config import load_params, params_to_dict
 from socmap.errors import SocmapError
 from socmap.launch import launch_command, relaunch
 from socmap.metrics import regression_metrics
@@ -136,6 +136,7 @@ def test_saved_checkpoint_is_the_best_epoch_and_reproduces_its_metrics(project, 
     saved = load_checkpoint(out / "models/run_0.pt")
     assert set(saved) >= {"model", "state_dict", "features", "target", "params", "run", "epoch", "val_metrics"}
     assert saved["params"]["train"]["lr"] == 3e-3 and saved["target"]["kind"] == "normalize"
+    assert set(saved["params"]) == {"data", "sample", "train"}  # no evaluate.*, map.*: they do not rerun train
     assert tuple(saved["features"]["mean"].shape) == (BANDS, YEARS)
 
 
@@ -360,3 +361,12 @@ def test_two_cpu_processes_train_one_model_and_log_once(project, tmp_path):
     metrics = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
     assert {"val_r2_mean", "val_r2_std", "val_rmse_mean"} <= set(metrics)
     assert list((tmp_path / "resume/train").iterdir()) == []
+
+
+def test_checkpoints_record_exactly_the_params_the_train_stage_declares():
+    """A param outside the train stage's list (say evaluate.kriging) must not change a checkpoint's bytes:
+    dvc would not rerun train for it, and a fresh clone's `dvc repro` would write other models."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    recorded = train.stage_params(load_params(ROOT / "params.yaml"))
+    leaves = {f"{section}.{key}" for section, values in recorded.items() for key in values}
+    assert leaves == set(declared)

@@ -61,6 +61,9 @@ METRICS = Path("metrics/train")
 RESUME = Path("resume/train")
 LOGGED = ("r2", "mae", "rmse", "rpiq", "bias")  # validation figures logged every epoch
 EVAL_BATCH = 2048
+# The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others, so
+# that its bytes change only with what reruns the stage, and a fresh clone's `dvc repro` gives the same.
+STAGE_PARAMS = ("data.bands", "sample.window_size", "sample.time_before", "train")
 
 EpochCallback = Callable[[int, dict], None]  # (run, the epoch's record), after its resume checkpoint
 
@@ -329,6 +332,18 @@ def log_epoch(live: Live, run: int, record: dict) -> None:
 # ----------------------------------------------------------------------------- resume
 
 
+def stage_params(params: Params) -> dict:
+    """The values of STAGE_PARAMS, nested as in params.yaml."""
+    settings, picked = params_to_dict(params), {}
+    for key in STAGE_PARAMS:
+        *path, last = key.split(".")
+        source, target = settings, picked
+        for part in path:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = source[last]
+    return picked
+
+
 def fingerprint_inputs(params: Params, paths: list[Path]) -> str:
     """A hash of the params that shape training and of the input tables: a resume state from
     anything else is not resumed."""
@@ -415,7 +430,7 @@ def train_all(patches: np.ndarray, samples: pd.DataFrame, split: pd.DataFrame, p
         if accelerator.is_main_process:
             save_checkpoint(models_dir / f"run_{run}.pt", {
                 "model": spec, "state_dict": best[run]["state_dict"], "features": data.features.to_dict(),
-                "target": data.target.to_dict(), "params": params_to_dict(params), "run": run,
+                "target": data.target.to_dict(), "params": stage_params(params), "run": run,
                 "epoch": best[run]["epoch"], "val_metrics": best[run]["val_metrics"]})
     summary = summarise(best)
     if accelerator.is_main_process:
