@@ -8,7 +8,7 @@ A model checkpoint (models/run_{k}.pt, models/best.pt) is a dict with
 ``format`` (FORMAT), ``model`` (build_model's arguments: name, bands, window_size,
 hidden_size, num_layers, dropout, plus band_names, time_before and tta),
 ``state_dict``, ``features`` (FeatureNorm.to_dict), ``target`` (TargetTransform.to_dict),
-``params`` (the whole params.yaml as a dict), ``run``, ``epoch`` and
+``params`` (the train stage's params, `socmap.train.STAGE_PARAMS`), ``run``, ``epoch`` and
 ``val_metrics``. Resume checkpoints add the optimiser and scheduler states.
 """
 

@@ -32,8 +32,8 @@ from socmap.baselines import baseline_predictions  # noqa: E402
 from socmap.errors import SocmapError  # noqa: E402
 from socmap.intervals import fit_calibration, prediction_interval  # noqa: E402
 from socmap.io import atomic_path, write_json  # noqa: E402
-from socmap.kriging import (MAX_LAG_KM, ResidualField, empirical_variogram, require_projected,  # noqa: E402
-                            save_fields)
+from socmap.kriging import (FIELDS, MAX_LAG_KM, ResidualField, empirical_variogram,  # noqa: E402
+                            require_projected, save_fields)
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics  # noqa: E402
 from socmap.plots import save_figure  # noqa: E402
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 PATCHES, SAMPLES, REPORT = "data/processed/patches.npy", "data/processed/samples.parquet", "data/processed/report.json"
 SPLIT, MODELS = "data/splits/split.parquet", "models"
 METRICS_DIR, PLOTS_DIR, CALIBRATION = "metrics/evaluate", "plots/evaluate", "data/evaluate/calibration.json"
-KRIGING = "data/evaluate/kriging.npz"
 
 
 # ------------------------------------------------------------------------------- inputs
@@ -130,15 +129,20 @@ def test_scores(predictions: np.ndarray, roles: np.ndarray, mode: str) -> tuple[
                               f"rerun `socmap split`")
         rows = np.flatnonzero(test[0])
         fold = np.full(rows.size, -1)
-        mean, std = predictions[:, rows].mean(axis=0), _std(predictions[:, rows])
+        std = _std(predictions[:, rows])
     else:
         rows = np.flatnonzero(test.any(axis=0))
         fold = test[:, rows].argmax(axis=0)
-        mean = predictions[fold, rows]
         std = np.array([_std(np.delete(predictions[:, r], f)) for r, f in zip(rows, fold)])
     if rows.size == 0:
         raise SocmapError(f"{SPLIT}: no test rows; raise split.test_ratio")
-    return rows, mean, std, fold
+    return rows, at_test_rows(predictions, rows, fold), std, fold
+
+
+def at_test_rows(values: np.ndarray, rows: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Per-run values [K, N] at the test `rows`: their mean over the runs (holdout, fold −1) or the
+    value of the run that tests the row (kfold)."""
+    return values[:, rows].mean(axis=0) if (fold < 0).all() else values[fold, rows]
 
 
 def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray,
@@ -208,9 +212,7 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
     calibration = fit_calibration(observed, predicted, spread, runs=len(predictions), interval=interval, kappa=kappa)
     rows, mean, std, fold = test_scores(predictions, roles, mode)
     ensemble = mode == "holdout"
-    kappa = None
-    if kriging is not None:  # of the runs whose prediction `mean` is: all (holdout) or the fold's
-        kappa = kriging.variance[:, rows].mean(axis=0) if ensemble else kriging.variance[fold, rows]
+    kappa = None if kriging is None else at_test_rows(kriging.variance, rows, fold)
     lower, upper = prediction_interval(mean, std, calibration, ensemble=ensemble, kappa=kappa)
     observed = targets[rows]
     table = samples.iloc[rows][["row_id", "site_id", "year", "x", "y"]].reset_index(drop=True)
@@ -221,7 +223,7 @@ def evaluate(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, 
         table[f"run_{k}"] = np.where(roles[k, rows] == "test", predictions[k, rows], np.nan)
     table = table.assign(ensemble=mean, std=std, lower=lower, upper=upper, residual=mean - observed)
     if kriging is not None:
-        table["unkriged"] = test_scores(kriging.unkriged, roles, mode)[1]
+        table["unkriged"] = at_test_rows(kriging.unkriged, rows, fold)
         table["kriging_variance"] = kappa
     for name in baselines:
         table[name] = np.nanmean(baselines[name][:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
@@ -397,6 +399,7 @@ def main(params) -> None:
     targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
     unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
     predictions, kriging = krige_runs(xy, targets, unkriged, roles, cfg.kriging, cfg.kriging_neighbours)
+    fields = [] if kriging is None else kriging.fields
     static = np.isin(list(predictors[0].bands), params.data.static_bands)
     baselines, chosen = baseline_predictions(patches, static, targets, roles, cfg.rf_trees, cfg.rf_min_samples_leaf,
                                              cfg.seed, xy, cfg.kriging, cfg.kriging_neighbours)
@@ -407,10 +410,10 @@ def main(params) -> None:
                                            cfg.bootstrap, cfg.seed, truth, oracle, kriging)
     for name, choice in chosen.items():
         summary["baselines"][name].update(choice)
-    save_fields(KRIGING, [] if kriging is None else kriging.fields)
+    save_fields(FIELDS, fields)
     write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),
-                  fields=[] if kriging is None else kriging.fields)
+                  fields=fields)
     log.info("test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f (nominal %.2f); "
              "baselines r2 %s", params.split.mode, summary["n"], summary["r2"],
-             f"{summary['kriging']['unkriged']['r2']:.3f}" if kriging else "-", summary["rmse"], summary["bias"],
+             f"{summary['kriging']['unkriged']['r2']:.3f}" if fields else "-", summary["rmse"], summary["bias"],
              summary["picp"], cfg.interval, ", ".join(f"{k} {v['r2']:.3f}" for k, v in summary["baselines"].items()))

@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 from socmap.errors import SocmapError
 from socmap.io import atomic_path
 
+FIELDS = "data/evaluate/kriging.npz"  # every run's field: written by the evaluate stage, read by the map stage
 SPACES = ("none", "log", "linear")
 FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
 MAX_LAG_KM, LAG_KM = 60.0, 2.0  # the empirical variogram: pairs closer than MAX_LAG_KM in LAG_KM bins

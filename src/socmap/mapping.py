@@ -47,7 +47,7 @@ from socmap.config import Params, params_to_dict
 from socmap.errors import SocmapError
 from socmap.intervals import prediction_interval
 from socmap.io import atomic_path
-from socmap.kriging import ResidualField, load_fields
+from socmap.kriging import FIELDS, ResidualField, load_fields
 from socmap.patches import fill_missing, window_counts
 from socmap.predict import load_ensemble
 from socmap.rasters import GridSpec, RasterCatalog
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 NODATA = -9999.0
 UNIT = "g/kg"
 COG_BLOCK = 256  # pixels per side of a COG tile (and of the overviews' smallest level)
-KRIGING = "data/evaluate/kriging.npz"  # the evaluate stage's residual fields
 GDAL_CACHE_MB = 64  # GDAL's block cache is a share of RAM by default; a fixed cap keeps memory flat
 # The params that decide a map's values (with the checkpoints and the calibration). map.block_size,
 # batch_size, num_processes and launch_args only decide how fast: the same map comes out.
@@ -439,7 +438,7 @@ def make_maps(catalog: RasterCatalog, region: Region, ensemble: Sequence, calibr
     """
     check_ensemble(ensemble, params)
     if fields and len(fields) != len(ensemble):
-        raise SocmapError(f"{KRIGING}: kriging fields of {len(fields)} run(s) for {len(ensemble)} checkpoints in "
+        raise SocmapError(f"{FIELDS}: kriging fields of {len(fields)} run(s) for {len(ensemble)} checkpoints in "
                           f"models/; rerun `socmap evaluate`")
     cfg, years = params.map, sorted(params.map.years)
     fill_values = [catalog.fill_values[band] if params.sample.fill == "mean" else 0.0
@@ -489,11 +488,11 @@ def main(params: Params) -> None:
     state = PartialState()  # forms the process group when launched; a no-op in a single process
     ensemble = load_ensemble("models", device=state.device)
     calibration = read_calibration("data/evaluate/calibration.json")
-    fields = load_fields(KRIGING)
+    fields = load_fields(FIELDS)
     catalog = RasterCatalog.open(params.data)
     region = Region.from_config(params.data.region)
     model_paths = [member.source for member in ensemble]
-    tags = identity_tags(model_paths, params, calibration, KRIGING)
+    tags = identity_tags(model_paths, params, calibration, FIELDS)
     paths = make_maps(catalog, region, ensemble, calibration, params, "data/maps", tags, fields)
     if not state.is_main_process:
         return

@@ -345,12 +345,9 @@ def stage_params(params: Params) -> dict:
 
 
 def fingerprint_inputs(params: Params, paths: list[Path]) -> str:
-    """A hash of the params that shape training and of the input tables: a resume state from
-    anything else is not resumed."""
-    digest = hashlib.sha256()
-    settings = params_to_dict(params)
-    digest.update(json.dumps({k: settings[k] for k in ("data", "sample", "split", "train")},
-                             sort_keys=True).encode())
+    """A hash of the stage's params and of its input tables (which carry what the data and split
+    params did): a resume state from anything else is not resumed."""
+    digest = hashlib.sha256(json.dumps(stage_params(params), sort_keys=True).encode())
     for path in paths:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
