@@ -49,13 +49,14 @@ import torch
 from rasterio.crs import CRS
 
 from socmap.config import Params, load_params, params_to_dict, replace
+from socmap.grid import GridSpec
 from socmap.intervals import fit_calibration
 from socmap.kriging import ResidualField, Variogram
 from socmap.mapping import make_maps, region_window
 from socmap.models import build_model
 from socmap.patches import fill_missing
 from socmap.predict import Predictor
-from socmap.rasters import GridSpec, RasterCatalog
+from socmap.rasters import RasterCatalog
 from socmap.region import Region
 from socmap.simulate import make_grids, simulate
 from socmap.train import model_spec

@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from socmap.config import Params, replace
 from socmap.errors import SocmapError
 from socmap.points import REASONS, clean, read_survey, site_ids
-from socmap.rasters import GridSpec
+from socmap.grid import GridSpec
 from socmap.region import Region
 
 # a 20 km × 20 km grid of 1 km pixels in UTM 32N, north of Munich

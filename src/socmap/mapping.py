@@ -45,17 +45,17 @@ from tqdm import tqdm
 import socmap
 from socmap.config import Params, params_to_dict
 from socmap.errors import SocmapError
+from socmap.grid import NODATA, GridSpec
 from socmap.intervals import prediction_interval
 from socmap.io import atomic_path
 from socmap.kriging import FIELDS, ResidualField, load_fields
 from socmap.patches import fill_missing, window_counts
 from socmap.predict import load_ensemble
-from socmap.rasters import GridSpec, RasterCatalog
+from socmap.rasters import RasterCatalog
 from socmap.region import Region
 
 log = logging.getLogger(__name__)
 
-NODATA = -9999.0
 UNIT = "g/kg"
 COG_BLOCK = 256  # pixels per side of a COG tile (and of the overviews' smallest level)
 GDAL_CACHE_MB = 64  # GDAL's block cache is a share of RAM by default; a fixed cap keeps memory flat

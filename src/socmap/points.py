@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 
 from socmap.config import DataConfig, PointsConfig
 from socmap.errors import SocmapError
-from socmap.rasters import GridSpec
+from socmap.grid import GridSpec
 from socmap.region import Region
 
 log = logging.getLogger(__name__)

@@ -29,57 +29,12 @@ from rasterio.windows import Window
 
 from socmap.config import DataConfig
 from socmap.errors import SocmapError
+from socmap.grid import GridSpec
 
 log = logging.getLogger(__name__)
 
 ALIGN_TOLERANCE = 1e-6  # in pixels: closer than this counts as the same grid
 READ_THREADS = min(4, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """A raster grid: CRS, affine transform of the upper-left corner, and shape."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def res(self) -> tuple[float, float]:
-        """Pixel size (x, y), positive, in CRS units."""
-        return abs(self.transform.a), abs(self.transform.e)
-
-    def index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column of the pixels holding points (x, y) in the grid's CRS; may lie off the grid."""
-        inverse = ~self.transform
-        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-        col = inverse.a * x + inverse.b * y + inverse.c
-        row = inverse.d * x + inverse.e * y + inverse.f
-        with np.errstate(invalid="ignore"):
-            big = np.iinfo(np.int64).max // 4  # non-finite coordinates land far off the grid
-            row = np.nan_to_num(np.floor(row), nan=-big, posinf=big, neginf=-big)
-            col = np.nan_to_num(np.floor(col), nan=-big, posinf=big, neginf=-big)
-        return row.astype(np.int64), col.astype(np.int64)
-
-    def contains_index(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """Whether pixel (row, col) lies on the grid."""
-        return (row >= 0) & (row < self.height) & (col >= 0) & (col < self.width)
-
-    def window_transform(self, row_off: int, col_off: int) -> Affine:
-        """Transform of a window whose upper-left pixel is (row_off, col_off) of this grid."""
-        return self.transform @ Affine.translation(col_off, row_off)
-
-    def centres(self, row_off: int, col_off: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """x, y of the pixel centres of a window, each [height, width]."""
-        cols, rows = np.meshgrid(np.arange(width) + col_off + 0.5, np.arange(height) + row_off + 0.5)
-        t = self.transform
-        return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
-
-    def to_dict(self) -> dict:
-        """The grid as plain JSON values (report.json)."""
-        return {"crs": self.crs.to_string(), "transform": list(self.transform)[:6],
-                "res": list(self.res), "shape": [self.height, self.width]}
 
 
 @dataclass(frozen=True)

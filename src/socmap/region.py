@@ -16,7 +16,7 @@ from pyproj import CRS, Transformer
 
 from socmap.config import RegionConfig
 from socmap.errors import SocmapError
-from socmap.rasters import GridSpec
+from socmap.grid import GridSpec
 
 LONLAT = CRS.from_epsg(4326)
 
