@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
 
+from socmap import paths
 from socmap import split as split_stage
 from socmap.config import SplitConfig
 from socmap.errors import SocmapError
@@ -253,12 +254,12 @@ def test_stage_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode):
     params = tiny_params(tiny_world, **{"split.mode": mode, "split.folds": 3, "split.test_block_km": 5.0})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/processed").mkdir(parents=True)
-    samples.to_parquet(tmp_path / split_stage.SAMPLES, index=False)
+    samples.to_parquet(tmp_path / paths.SAMPLES, index=False)
     split_stage.main(params)
-    split = pd.read_parquet(tmp_path / split_stage.SPLIT)
+    split = pd.read_parquet(tmp_path / paths.SPLIT)
     assert list(split.columns) == ["row_id", "run", "role"]
     check_guarantees(samples, split, params.split, params.train.num_runs)
-    metrics = json.loads((tmp_path / split_stage.METRICS).read_text())
+    metrics = json.loads((tmp_path / paths.SPLIT_METRICS).read_text())
     assert metrics["rows"] == len(samples) and metrics["runs"] == (3 if mode == "kfold" else 2)
     assert metrics["min_distance_km"] > params.split.distance_threshold
     assert not list(tmp_path.glob("data/splits/.*.tmp")), "a temporary file was left behind"
@@ -288,7 +289,7 @@ def test_sample_then_split_on_the_tiny_world(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sample(tiny.data, tiny.sample, tmp_path / "data/processed")
     split_stage.main(tiny)
-    samples = pd.read_parquet(tmp_path / split_stage.SAMPLES)
-    split = pd.read_parquet(tmp_path / split_stage.SPLIT)
+    samples = pd.read_parquet(tmp_path / paths.SAMPLES)
+    split = pd.read_parquet(tmp_path / paths.SPLIT)
     check_guarantees(samples, split, tiny.split, tiny.train.num_runs)
     assert samples["site_id"].nunique() < len(samples)  # revisits are there, and were kept together

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_params
-from socmap import train
+from socmap import paths, train
 from socmap.checkpoint import load_checkpoint
 from socmap.config import load_params, params_to_dict
 from socmap.errors import SocmapError
@@ -79,16 +79,16 @@ def params_for(project: Path, **overrides):
 
 
 def run_train(project: Path, out: Path, params, callback=None, fingerprint: str = "same") -> dict:
-    patches, samples, split = train.read_inputs(project / train.PATCHES, project / train.SAMPLES,
-                                                project / train.SPLIT)
+    patches, samples, split = train.read_inputs(project / paths.PATCHES, project / paths.SAMPLES,
+                                                project / paths.SPLIT)
     return train.train_all(patches, samples, split, params, train.make_accelerator(params.train),
                            out / "models", out / "metrics/train", out / "resume/train", fingerprint, callback)
 
 
 def val_rows(project: Path, run: int) -> tuple[np.ndarray, np.ndarray]:
-    patches = np.load(project / train.PATCHES, mmap_mode="r")
-    samples = pd.read_parquet(project / train.SAMPLES)
-    _, val = train.run_rows(samples, pd.read_parquet(project / train.SPLIT), run)
+    patches = np.load(project / paths.PATCHES, mmap_mode="r")
+    samples = pd.read_parquet(project / paths.SAMPLES)
+    _, val = train.run_rows(samples, pd.read_parquet(project / paths.SPLIT), run)
     return patches[val], samples["target"].to_numpy()[val]
 
 
@@ -320,8 +320,8 @@ def test_kfold_trains_one_model_per_fold_of_the_split(project, tmp_path):
 
 def test_input_errors_name_the_file_and_the_fix(project, tmp_path):
     with pytest.raises(SocmapError, match="patches.npy: not found; run `socmap sample`"):
-        train.read_inputs(tmp_path / "patches.npy", project / train.SAMPLES, project / train.SPLIT)
-    samples, split = pd.read_parquet(project / train.SAMPLES), pd.read_parquet(project / train.SPLIT)
+        train.read_inputs(tmp_path / "patches.npy", project / paths.SAMPLES, project / paths.SPLIT)
+    samples, split = pd.read_parquet(project / paths.SAMPLES), pd.read_parquet(project / paths.SPLIT)
     with pytest.raises(SocmapError, match=r"run 5 has no train rows; runs present: \[0, 1, 2\].*train.num_runs"):
         train.run_rows(samples, split, 5)
     with pytest.raises(SocmapError, match="sample.time_before"):

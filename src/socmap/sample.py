@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from socmap import paths
 from socmap.config import DataConfig, SampleConfig
 from socmap.io import atomic_path, write_json
 from socmap.patches import extract_patches, window_years
@@ -24,7 +25,6 @@ from socmap.region import Region
 
 log = logging.getLogger(__name__)
 
-OUT_DIR = Path("data/processed")
 CHUNK_ROWS = 4096  # rows copied at a time when sparse rows are dropped from patches.npy
 SAMPLE_COLUMNS = ["row_id", "site_id", "source_id", "x", "y", "lon", "lat", "year", "target", "valid_fraction"]
 
@@ -53,7 +53,7 @@ def pixel_fills(invalid: np.ndarray, years: np.ndarray, bands: list[str], static
     return out
 
 
-def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path = OUT_DIR) -> dict:
+def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path = paths.PROCESSED) -> dict:
     """Run the stage: read, clean, extract, fill, drop sparse rows, write the three outputs; return the report."""
     started = time.perf_counter()
     catalog = RasterCatalog.open(data_cfg)
@@ -68,7 +68,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     bands = list(data_cfg.bands)
     static = [b in data_cfg.static_bands for b in bands]
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "patches.npy") as tmp:
+    with atomic_path(out_dir / paths.PATCHES.name) as tmp:
         # Patches go straight into the memmap of the output file: no second copy in memory.
         patches = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(
             len(kept), len(bands), sample_cfg.window_size, sample_cfg.window_size, sample_cfg.time_before))
@@ -85,7 +85,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     drops["low_valid_fraction"] = int(np.sum(~enough))
     fill_values = catalog.fill_values if sample_cfg.fill == "mean" else {b: 0.0 for b in bands}
     samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
-    with atomic_path(out_dir / "samples.parquet") as tmp:
+    with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
 
     report = {
@@ -111,7 +111,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         "sites": int(samples["site_id"].nunique()),
     }
     assert report["rows_read"] == report["rows_kept"] + sum(drops.values()), "every row is accounted for"
-    write_json(out_dir / "report.json", report)
+    write_json(out_dir / paths.REPORT.name, report)
     log.info("kept %d of %d rows (%s) in %.1f s", len(samples), rows_read,
              ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none dropped",
              time.perf_counter() - started)
@@ -128,4 +128,4 @@ def _summary(target: np.ndarray) -> dict:
 
 def main(params) -> None:
     """`socmap sample`: data.* and sample.* into data/processed/."""
-    sample(params.data, params.sample, OUT_DIR)
+    sample(params.data, params.sample, paths.PROCESSED)

@@ -41,6 +41,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import ks_2samp
 from tqdm import tqdm
 
+from socmap import paths
 from socmap.balance import quantile_bins
 from socmap.config import SplitConfig
 from socmap.errors import SocmapError
@@ -48,9 +49,6 @@ from socmap.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-SAMPLES = Path("data/processed/samples.parquet")
-SPLIT = Path("data/splits/split.parquet")
-METRICS = Path("metrics/split.json")
 ROLES = ("train", "val", "test", "buffer")
 TRAIN, VAL, TEST, BUFFER = range(4)
 COLUMNS = ("row_id", "site_id", "x", "y", "target")
@@ -354,12 +352,12 @@ def split_metrics(samples: pd.DataFrame, split: pd.DataFrame) -> dict:
 
 def main(params) -> None:
     """Read data/processed/samples.parquet; write data/splits/split.parquet and metrics/split.json."""
-    samples = read_samples(SAMPLES)
+    samples = read_samples(paths.SAMPLES)
     split = assign_roles(samples, params.split, params.train.num_runs)
     metrics = split_metrics(samples, split)
-    with atomic_path(SPLIT) as tmp:
+    with atomic_path(paths.SPLIT) as tmp:
         split.to_parquet(tmp, index=False)
-    write_json(METRICS, metrics)
+    write_json(paths.SPLIT_METRICS, metrics)
     log.info("split (%s): %d rows; per run %s; validation KS %.3f (min p %.3f); min distance %.3f km",
              params.split.mode, metrics["rows"],
              ", ".join(f"{r} {metrics[f'{r}_rows']:g}" for r in ROLES),

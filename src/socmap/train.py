@@ -40,6 +40,7 @@ import torch
 from accelerate import Accelerator
 from dvclive import Live
 
+from socmap import paths
 from socmap.balance import balanced_indices
 from socmap.checkpoint import load_checkpoint, save_checkpoint
 from socmap.config import Params, TrainConfig, params_to_dict
@@ -53,12 +54,6 @@ from socmap.transforms import DIHEDRAL, FeatureNorm, TargetTransform, random_dih
 
 log = logging.getLogger(__name__)
 
-PATCHES = Path("data/processed/patches.npy")
-SAMPLES = Path("data/processed/samples.parquet")
-SPLIT = Path("data/splits/split.parquet")
-MODELS = Path("models")
-METRICS = Path("metrics/train")
-RESUME = Path("resume/train")
 LOGGED = ("r2", "mae", "rmse", "rpiq", "bias")  # validation figures logged every epoch
 EVAL_BATCH = 2048
 # The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others, so
@@ -88,7 +83,7 @@ def read_inputs(patches_path: Path, samples_path: Path, split_path: Path
     return patches, samples, split
 
 
-def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: Path = SPLIT
+def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: Path = paths.SPLIT
              ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the patches) of run `run`'s training and validation rows, ascending."""
     roles = split[split["run"] == run]
@@ -402,8 +397,8 @@ def summarise(best: dict[int, dict]) -> dict:
 
 
 def train_all(patches: np.ndarray, samples: pd.DataFrame, split: pd.DataFrame, params: Params,
-              accelerator: Accelerator, models_dir: Path = MODELS, metrics_dir: Path = METRICS,
-              resume_dir: Path = RESUME, fingerprint: str = "", callback: EpochCallback | None = None) -> dict:
+              accelerator: Accelerator, models_dir: Path = paths.MODELS,
+              metrics_dir: Path = paths.TRAIN_METRICS, resume_dir: Path = paths.RESUME, fingerprint: str = "", callback: EpochCallback | None = None) -> dict:
     """Train every run, write models/run_{k}.pt, models/best.pt and the dvclive logs; return the summary."""
     cfg = params.train
     expected = (len(params.data.bands), params.sample.window_size, params.sample.window_size,
@@ -469,9 +464,9 @@ def main(params: Params) -> None:
     if params.train.threads:
         # a small model's ops are too short to share: two threads on two busy cores wait on each other
         torch.set_num_threads(params.train.threads)
-    patches, samples, split = read_inputs(PATCHES, SAMPLES, SPLIT)
+    patches, samples, split = read_inputs(paths.PATCHES, paths.SAMPLES, paths.SPLIT)
     accelerator = make_accelerator(params.train)
     if not accelerator.is_main_process:
         logging.getLogger("socmap").setLevel(logging.WARNING)  # one line per epoch, not one per process
     train_all(patches, samples, split, params, accelerator,
-              fingerprint=fingerprint_inputs(params, [PATCHES, SAMPLES, SPLIT]))
+              fingerprint=fingerprint_inputs(params, [paths.PATCHES, paths.SAMPLES, paths.SPLIT]))

@@ -1,0 +1,47 @@
+"""Every artifact path of the pipeline, relative to the project root: the names `dvc.yaml` declares.
+
+Stages read and write through these names only (a test checks them against `dvc.yaml`), so that a
+path is spelt once in the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# sample
+PROCESSED = Path("data/processed")
+PATCHES = PROCESSED / "patches.npy"  # float32 [rows, bands, window, window, years]
+SAMPLES = PROCESSED / "samples.parquet"  # one row per patch, in patch order
+REPORT = PROCESSED / "report.json"  # rows read, kept, dropped by reason; fills; the grid
+
+# split
+SPLIT = Path("data/splits/split.parquet")  # row_id, run, role
+SPLIT_METRICS = Path("metrics/split.json")
+
+# train
+MODELS = Path("models")  # run_{k}.pt, best.pt
+TRAIN_METRICS = Path("metrics/train")  # dvclive: metrics.json, plots/
+RESUME = Path("resume/train")  # run_{k}.pt training states, emptied once training completes
+
+# evaluate
+EVALUATE_METRICS = Path("metrics/evaluate")  # dvclive: metrics.json
+EVALUATE_PLOTS = Path("plots/evaluate")
+CALIBRATION = Path("data/evaluate/calibration.json")  # the interval calibration, read by the map stage
+KRIGING_FIELDS = Path("data/evaluate/kriging.npz")  # every run's residual field, read by the map stage
+
+# map
+MAPS = Path("data/maps")  # soc_{year}.tif, soc_change_{first}_{last}.tif
+MAP_PLOTS = Path("plots/map")
+
+# simulate: one folder of data and one of pictures per simulated world
+DEFAULT_WORLD = "synthetic"
+
+
+def world_data(name: str = DEFAULT_WORLD) -> Path:
+    """The folder a simulated world is written to: rasters/, points.csv, truth.parquet, oracle.json."""
+    return Path("data") / name
+
+
+def world_plots(name: str = DEFAULT_WORLD) -> Path:
+    """The folder of a simulated world's quick-look pictures."""
+    return Path("plots") / name
