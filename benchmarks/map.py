@@ -52,14 +52,15 @@ from socmap.config import Params, load_params, params_to_dict, replace
 from socmap.grid import GridSpec
 from socmap.intervals import fit_calibration
 from socmap.kriging import ResidualField, Variogram
-from socmap.mapping import make_maps, region_window
-from socmap.models import build_model
-from socmap.patches import fill_missing
+from socmap.blocks import region_window
+from socmap.ensemble import Ensemble
+from socmap.mapping import make_maps
+from socmap.models import ModelSpec
+from socmap.patches import fill_missing, fill_values
 from socmap.predict import Predictor
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
 from socmap.simulate import make_grids, simulate
-from socmap.train import model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # ~130 × 72 km north of Munich: its western half still holds whole 256² blocks, so that both regions
@@ -85,8 +86,9 @@ def random_ensemble(params: Params) -> list[Predictor]:
     ensemble = []
     for run in range(t.num_runs):
         torch.manual_seed(run)
-        model = build_model(t.model, bands, window, t.hidden_size, t.num_layers, t.dropout)
-        checkpoint = {"model": model_spec(t, list(params.data.bands), window, steps),
+        spec = ModelSpec.from_params(t, list(params.data.bands), window, steps)
+        model = spec.build()
+        checkpoint = {"model": spec.to_dict(),
                       "state_dict": model.state_dict(),
                       "features": {"mean": torch.full((bands, steps), 100.0), "std": torch.full((bands, steps), 100.0)},
                       "target": {"kind": "normalize", "mean": 25.0, "std": 10.0},
@@ -115,8 +117,7 @@ class NullModel:
     """Stands in for a member to time everything but the model."""
 
     def __init__(self, member: Predictor):
-        self.device, self.bands = member.device, member.bands
-        self.window_size, self.time_before, self.source = member.window_size, member.time_before, member.source
+        self.device, self.spec, self.run, self.source = member.device, member.spec, member.run, member.source
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0, 0, 0, 0] * 0 + 25.0
@@ -130,10 +131,10 @@ def calibration(runs: int) -> dict:
 def stream(params: Params, ensemble: list, out_dir: Path) -> tuple[int, float]:
     """Map once with kriging fields for the members; (pixels mapped in the region, seconds)."""
     catalog, region = RasterCatalog.open(params.data), Region.from_config(params.data.region)
-    catalog.fill_values  # noqa: B018 (one-off statistics over the grid, not per-pixel work)
+    fill_values(catalog, "mean")  # one-off statistics over the grid, not per-pixel work
     fields = kriging_fields(params, len(ensemble))
     start = time.perf_counter()
-    (path,) = make_maps(catalog, region, ensemble, calibration(len(ensemble)), params, out_dir, {}, fields)
+    (path,) = make_maps(catalog, region, Ensemble(ensemble, calibration(len(ensemble)), fields), params, out_dir, {})
     seconds = time.perf_counter() - start
     with rasterio.open(path) as src:
         pixels = int((src.read(1) != src.nodata).sum())
@@ -158,7 +159,7 @@ def naive_seconds_per_pixel(params: Params, rng: np.random.Generator) -> float:
     """Seconds per pixel to build patches by a window read per pixel (every band-year file read
     through the catalog's own reader, datasets kept open), timed on a random subsample."""
     catalog = RasterCatalog.open(params.data)
-    fill = [catalog.fill_values[b] for b in params.data.bands]
+    fill = list(fill_values(catalog, "mean").values())
     window, year = region_window(catalog.grid, Region.from_config(params.data.region)), params.map.years[-1]
     years = list(range(year - params.sample.time_before + 1, year + 1))
     half, size = params.sample.window_size // 2, params.sample.window_size

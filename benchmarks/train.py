@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from socmap import train
+from socmap import training
+from socmap.launch import make_accelerator
 from socmap.config import Params
-from socmap.models import build_model
+from socmap.models import ModelSpec
 
 
 def best_time(fn, repeats: int) -> float:
@@ -68,33 +69,33 @@ def main() -> None:
         targets = rng.lognormal(3.0, 0.6, rows)
         train_rows, val = np.arange(args.batches * cfg.batch_size), np.arange(args.batches * cfg.batch_size, rows)
         start = time.perf_counter()
-        data = train.prepare_run(patches, targets, train_rows, val, cfg)
+        data = training.prepare_run(patches, targets, train_rows, val, cfg)
         prepare_s = time.perf_counter() - start
 
-    accelerator = train.make_accelerator(cfg)
+    accelerator = make_accelerator(cfg)
     data = data.to(accelerator.device)
     torch.manual_seed(0)
-    model = build_model(cfg.model, shape[1], shape[2], cfg.hidden_size, cfg.num_layers, cfg.dropout)
+    model = ModelSpec.from_params(cfg, list(params.data.bands), shape[2], shape[-1]).build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    order = train.epoch_order(data.target_train, cfg, run=0, epoch=0)
+    order = training.epoch_order(data.target_train, cfg, run=0, epoch=0)
     steps = math.ceil(len(order) / cfg.batch_size)
     x, y, sigma = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size], data.sigma_train[:cfg.batch_size]
 
     def fixed_batch_steps() -> None:
         model.train()
         for _ in range(steps):
-            loss = train.train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
+            loss = training.train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
         loss.item()  # wait for the last step
 
     def real_epoch() -> None:
-        order = train.epoch_order(data.target_train, cfg, run=0, epoch=1)
-        train.train_epoch(model, optimizer, data, order, cfg, accelerator, train.augmenter(cfg, 0, 1, 0))
+        order = training.epoch_order(data.target_train, cfg, run=0, epoch=1)
+        training.train_epoch(model, optimizer, data, order, cfg, accelerator, training.augmenter(cfg, 0, 1, 0))
 
     fixed_batch_steps()  # warm-up: allocator, kernels
     epoch_s = best_time(real_epoch, args.repeats)
     fixed_s = best_time(fixed_batch_steps, args.repeats)
-    validate_s = best_time(lambda: train.validate(model, data, accelerator, cfg.tta), args.repeats)
+    validate_s = best_time(lambda: training.validate(model, data, accelerator, cfg.tta), args.repeats)
     result = {
         "device": str(accelerator.device),
         "threads": torch.get_num_threads(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from socmap.config import EvaluateConfig
 from socmap.baselines import baseline_predictions, fit_forest, history_features, survey_year_features
 from socmap.errors import SocmapError
 from socmap.metrics import r2_score
@@ -45,8 +46,8 @@ def test_forests_fit_training_rows_and_predict_only_test_rows():
     roles = np.stack([roles, roles])
     roles[1, :40] = "buffer"
     xy = np.random.default_rng(1).uniform(0, 1e5, (n, 2))
-    predictions, chosen = baseline_predictions(patches, np.array([False, False]), target, roles, trees=30,
-                                               leaf_sizes=(1, 5, 20), seed=0, xy=xy)
+    cfg = EvaluateConfig(rf_trees=30, rf_min_samples_leaf=(1, 5, 20), seed=0, kriging="none")
+    predictions, chosen = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
     assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features"]
     test = roles[0] == "test"
     for name, values in predictions.items():
@@ -68,8 +69,8 @@ def test_leaf_size_is_chosen_on_validation():
     model, leaf = fit_forest(x[:300], y[:300], x[300:], y[300:], trees=7, leaf_sizes=(3,), seed=0)
     assert leaf == 3 and model.n_estimators == 7
     with pytest.raises(SocmapError, match=r"evaluate.rf_min_samples_leaf = \[\]"):
-        baseline_predictions(np.zeros((4, 1, 1, 1, 1)), np.array([False]), np.ones(4),
-                             np.array([["train"] * 4]), trees=2, leaf_sizes=(), seed=0, xy=np.zeros((4, 2)))
+        baseline_predictions(np.zeros((4, 1, 1, 1, 1)), np.array([False]), np.ones(4), np.array([["train"] * 4]),
+                             EvaluateConfig(rf_trees=2, rf_min_samples_leaf=()), np.zeros((4, 2)))
 
 
 def test_forest_predictions_are_the_same_bits_every_time():
@@ -91,8 +92,8 @@ def test_kriged_forests_add_back_the_spatial_error_from_out_of_bag_residuals():
     spatial = 8.0 * np.sin(xy[:, 0] / 15_000) * np.cos(xy[:, 1] / 15_000)
     target = 30.0 + 6.0 * patches[:, 0, 1, 1, -1] + spatial + rng.normal(0, 1.0, n)
     roles = np.where(np.arange(n) < 900, "train", np.where(np.arange(n) < 1000, "val", "test"))[None]
-    predictions, _ = baseline_predictions(patches, np.array([False, False]), target, roles, trees=60,
-                                          leaf_sizes=(5,), seed=0, xy=xy, kriging="linear", neighbours=16)
+    cfg = EvaluateConfig(rf_trees=60, rf_min_samples_leaf=(5,), seed=0, kriging="linear", kriging_neighbours=16)
+    predictions, _ = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
     assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features", "rf_survey_year_kriged",
                                  "rf_features_kriged"]
     test = roles[0] == "test"

@@ -13,9 +13,11 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from socmap.baselines import baseline_names
 from socmap.errors import SocmapError
-from socmap.evaluate import bootstrap, evaluate, krige_runs, roles_matrix, write_outputs
+from socmap.config import EvaluateConfig
+from socmap.evaluate import EvaluateOutputs, roles_matrix, write_outputs
 from socmap.intervals import prediction_interval
-from socmap.kriging import load_fields
+from socmap.kriging import krige_runs, load_fields
+from socmap.scoring import Truth, bootstrap, score
 
 RUNS = 3
 BASELINES = baseline_names("log")
@@ -66,15 +68,16 @@ def hand_made(mode: str, rows: int = 300, seed: int = 0):
     return samples, roles.astype(str), predictions, baselines
 
 
-def written(tmp_path, mode: str, kriging: str = "none", **truth):
+def written(tmp_path, mode: str, kriging: str = "none", truth: Truth | None = None):
     samples, roles, predictions, baselines = hand_made(mode)
     predictions, added = krige_runs(samples[["x", "y"]].to_numpy(), samples["target"].to_numpy(), predictions,
                                     roles, kriging, 16)
-    summary, table, calibration = evaluate(samples, predictions, roles, baselines, mode, 0.9, 200, 0, **truth,
-                                           kriging=added)
+    summary, table, calibration = score(samples, predictions, roles, baselines, mode,
+                                        EvaluateConfig(interval=0.9, bootstrap=200, seed=0), truth, added)
     outline = [(np.array([0, 5e4, 5e4, 0, 0]), np.array([0, 0, 5e4, 5e4, 0]))]
-    write_outputs(summary, table, calibration, samples, outline, tmp_path / "metrics", tmp_path / "plots",
-                  tmp_path / "calibration.json", fields=[] if added is None else added.fields)
+    outputs = EvaluateOutputs(tmp_path / "metrics", tmp_path / "plots", tmp_path / "calibration.json",
+                              tmp_path / "kriging.npz")
+    write_outputs(summary, table, calibration, samples, outline, [] if added is None else added.fields, outputs)
     metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
     return metrics, pd.read_csv(tmp_path / "plots" / "predictions.csv"), samples, roles, predictions
 
@@ -185,7 +188,7 @@ def test_ceiling_from_truth(tmp_path):
     samples, *_ = hand_made("holdout")
     truth = pd.DataFrame({"row_id": samples["row_id"], "truth": samples["target"] * 0.9,
                           "truth_covariates": samples["target"] * 0.8 + 3})
-    metrics, table, *_ = written(tmp_path, "holdout", truth=truth, oracle={"r2_full": 0.9, "r2_covariates": 0.7})
+    metrics, table, *_ = written(tmp_path, "holdout", truth=Truth(truth, {"r2_full": 0.9, "r2_covariates": 0.7}))
     ceiling = metrics["ceiling"]
     assert_figures(ceiling["truth"], sklearn_figures(table["observed"], table["truth"]))
     assert_figures(ceiling["truth_covariates"], sklearn_figures(table["observed"], table["truth_covariates"]))
@@ -217,7 +220,7 @@ def test_roles_matrix_and_split_errors():
         roles_matrix(split, np.array([1, 2]), 3)
     samples, roles, predictions, baselines = hand_made("kfold")
     with pytest.raises(SocmapError, match="test rows differ between runs"):
-        evaluate(samples, predictions, roles, baselines, "holdout", 0.9, 0, 0)
+        score(samples, predictions, roles, baselines, "holdout", EvaluateConfig(bootstrap=0))
 
 
 @pytest.mark.parametrize("mode", ["holdout", "kfold"])

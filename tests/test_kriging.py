@@ -81,7 +81,7 @@ def test_spaces_multiply_or_add():
     rng = np.random.default_rng(5)
     draws = 10.0 * np.exp(rng.normal(0, np.sqrt(0.2), 200_000))
     assert draws.mean() == pytest.approx(10.0 * np.exp(0.1), rel=0.01)
-    with pytest.raises(SocmapError, match="evaluate.kriging = 'cubic': must be one of none, log, linear"):
+    with pytest.raises(SocmapError, match="evaluate.kriging = 'cubic': must be one of log, linear, none"):
         ResidualField.fit(xy, np.ones(50), np.ones(50), "cubic", 8)
 
 

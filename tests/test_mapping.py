@@ -17,12 +17,13 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from socmap import mapping
+from socmap import blocks, mapping
 from socmap.config import replace
+from socmap.ensemble import Ensemble, read_calibration
 from socmap.errors import SocmapError
 from socmap.intervals import prediction_interval
 from socmap.kriging import load_fields
-from socmap.patches import fill_missing
+from socmap.patches import fill_missing, fill_values
 from socmap.predict import load_ensemble
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
@@ -53,7 +54,7 @@ def ensemble(project):
 
 @pytest.fixture(scope="module")
 def calibration(project) -> dict:
-    return mapping.read_calibration(project[0] / "data/evaluate/calibration.json")
+    return read_calibration(project[0] / "data/evaluate/calibration.json")
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +147,14 @@ def test_block_reads_give_the_sample_patches_bit_for_bit(project):
     samples = pd.read_parquet(root / "data/processed/samples.parquet")
     patches = np.load(root / "data/processed/patches.npy", mmap_mode="r")
     catalog = RasterCatalog.open(params.data)
-    fill = [catalog.fill_values[band] for band in params.data.bands]
+    fill = list(fill_values(catalog, "mean").values())
     rows = np.flatnonzero(samples["year"].to_numpy() == 2020)
     row, col = catalog.grid.index(samples["x"].to_numpy()[rows], samples["y"].to_numpy()[rows])
-    for block in mapping.split_blocks(mapping.Window(0, 0, catalog.grid.height, catalog.grid.width), 16):
+    for block in blocks.split_blocks(blocks.Window(0, 0, catalog.grid.height, catalog.grid.width), 16):
         here = (row >= block.row_off) & (row < block.row_off + block.height) \
             & (col >= block.col_off) & (col < block.col_off + block.width)
-        filled, _ = fill_missing(mapping.read_halo(catalog, [2018, 2019, 2020], block, 2), fill)
-        cut = mapping.block_patches(filled, row[here] - block.row_off, col[here] - block.col_off, 5)
+        filled, _ = fill_missing(blocks.read_halo(catalog, [2018, 2019, 2020], block, 2), fill)
+        cut = blocks.block_patches(filled, row[here] - block.row_off, col[here] - block.col_off, 5)
         np.testing.assert_array_equal(cut, patches[rows[here]])
 
 
@@ -189,7 +190,8 @@ def map_once(params, ensemble, calibration: dict, out_dir: Path, catalog: Raster
     """The maps of `params` (the stage's work without its fixed paths)."""
     catalog = catalog or RasterCatalog.open(params.data)
     region = Region.from_config(params.data.region)
-    return mapping.make_maps(catalog, region, ensemble, calibration, params, out_dir, {"SOCMAP_TEST": "1"}, fields)
+    return mapping.make_maps(catalog, region, Ensemble(ensemble, calibration, fields), params, out_dir,
+                             {"SOCMAP_TEST": "1"})
 
 
 def test_nodata_outside_the_region_and_block_size_does_not_change_the_map(project, ensemble, calibration, fields,
@@ -213,13 +215,16 @@ def test_nodata_outside_the_region_and_block_size_does_not_change_the_map(projec
                                rtol=1e-5, atol=1e-5)
 
 
-def test_windows_with_too_little_valid_data_are_nodata(ensemble):
+def test_windows_with_too_little_valid_data_are_nodata(ensemble, calibration):
     stack = np.ones((6, 12, 12, 3), dtype=np.float32)
     valid = np.ones_like(stack, dtype=bool)
     valid[:, :7, :7, :] = False  # the pixels whose 5×5 window reaches into the corner lose validity
     inside = np.ones((8, 8), dtype=bool)
     inside[7, 7] = False
-    out = mapping.predict_block(stack, valid, inside, ensemble, {2020: slice(0, 3)}, 0.5, batch_size=7)[2020]
+    plan = blocks.MapPlan(years=(2020,), needed=(2018, 2019, 2020), year_steps={2020: slice(0, 3)}, window_size=5,
+                          window=blocks.Window(0, 0, 8, 8), blocks=(), fill_values=(1.0,) * 6, min_valid_fraction=0.5,
+                          block_size=8, batch_size=7)
+    out = blocks.predict_block(stack, valid, inside, Ensemble(ensemble, calibration), plan)[2020]
     fraction = np.array([[1 - max(0, min(r + 5, 7) - r) * max(0, min(c + 5, 7) - c) / 25 for c in range(8)]
                          for r in range(8)])
     expected = (fraction >= 0.5) & inside
@@ -250,7 +255,7 @@ def test_peak_memory_does_not_grow_with_the_region(wide_world, ensemble, calibra
         params = tiny_params(wide_world, **{**MAP, "map.years": [2020], "map.block_size": 32,
                                             "data.region.bbox": [11.0, 48.2, east, 48.75]})
         catalog = RasterCatalog.open(params.data)
-        catalog.fill_values  # noqa: B018 (whole-grid statistics, the same for any region)
+        fill_values(catalog, "mean")  # whole-grid statistics, the same for any region
         tracemalloc.start()
         (path,) = map_once(params, ensemble, calibration, tmp_path / name, catalog, fields)
         peaks[name] = tracemalloc.get_traced_memory()[1]
@@ -283,23 +288,23 @@ def test_block_patches_are_the_windows_around_each_pixel():
     rng = np.random.default_rng(0)
     stack = rng.random((3, 14, 11, 4), dtype=np.float32)  # a 10 × 7 block with a halo of 2
     rows, cols = rng.integers(0, 10, 30), rng.integers(0, 7, 30)
-    patches = mapping.block_patches(stack, rows, cols, 5)
+    patches = blocks.block_patches(stack, rows, cols, 5)
     assert patches.shape == (30, 3, 5, 5, 4)
     for i, (r, c) in enumerate(zip(rows, cols)):
         np.testing.assert_array_equal(patches[i], stack[:, r:r + 5, c:c + 5, :])
 
 
 def test_blocks_cover_the_window_once():
-    window = mapping.Window(3, 5, 37, 20)
+    window = blocks.Window(3, 5, 37, 20)
     covered = np.zeros((50, 30), dtype=int)
-    for b in mapping.split_blocks(window, 16):
+    for b in blocks.split_blocks(window, 16):
         assert b.height <= 16 and b.width <= 16
         covered[b.row_off:b.row_off + b.height, b.col_off:b.col_off + b.width] += 1
     assert covered[3:40, 5:25].min() == 1 and covered.sum() == 37 * 20
 
 
 def test_years_share_one_read():
-    needed, steps = mapping.plan_years([2018, 2020], 3)
+    needed, steps = blocks.plan_years([2018, 2020], 3)
     assert needed == [2016, 2017, 2018, 2019, 2020]
     assert steps == {2018: slice(0, 3), 2020: slice(2, 5)}
 
@@ -310,9 +315,9 @@ def test_years_share_one_read():
 def test_user_errors_name_the_file_or_key(project, ensemble, calibration, tmp_path):
     root, params = project
     with pytest.raises(SocmapError, match="calibration.json: interval calibration not found; run `socmap evaluate`"):
-        mapping.read_calibration(tmp_path / "calibration.json")
+        read_calibration(tmp_path / "calibration.json")
     with pytest.raises(SocmapError, match="sample.window_size = 5, .* params.yaml has .* 7"):
-        mapping.check_ensemble(ensemble, replace(params, **{"sample.window_size": 7}))
+        Ensemble(ensemble, calibration).check(params.data.bands, 7, params.sample.time_before)
     outside = replace(params, **{"data.region.bbox": [8.0, 47.0, 8.5, 47.5]})
     with pytest.raises(SocmapError, match="data.region lies outside the reference raster grid"):
         map_once(outside, ensemble, calibration, tmp_path / "outside")

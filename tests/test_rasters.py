@@ -12,7 +12,7 @@ from rasterio.warp import Resampling, reproject
 
 from socmap.config import Params, replace
 from socmap.errors import SocmapError
-from socmap.patches import extract_patches, fill_missing, window_years
+from socmap.patches import extract_patches, fill_missing, fill_values, window_years
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
 
@@ -85,7 +85,7 @@ def test_patches_hold_their_own_pixels(coded, row, col):
     np.testing.assert_array_equal(patches[1], expected_patch(row, col, 2012))
     np.testing.assert_array_equal(invalid, np.isnan(patches).sum(axis=(2, 3)))
     filled, invalid_filled = extract_patches(catalog, *at, 5, 3)
-    fill = catalog.fill_values
+    fill = fill_values(catalog, "mean")
     np.testing.assert_array_equal(filled, fill_missing(patches, [fill[b] for b in ("A", "S", "B")])[0])
     np.testing.assert_array_equal(invalid_filled, invalid)
 
@@ -113,7 +113,7 @@ def test_fill_values_and_fill_missing(coded):
     rows, cols = np.mgrid[0:H, 0:W]
     a = np.concatenate([code(y, rows, cols).ravel() for y in YEARS]).astype(float)
     a = np.delete(a, (NODATA_PIXEL[1] - 2010) * H * W + NODATA_PIXEL[2] * W + NODATA_PIXEL[3])
-    fill = catalog.fill_values
+    fill = fill_values(catalog, "mean")
     assert fill["A"] == pytest.approx(a.mean()) and fill["S"] == pytest.approx((rows * 100.0 + cols + 0.25).mean())
     stack = catalog.read_stack([2011], 2, 3, 3, 3)
     filled, valid = fill_missing(stack, [fill[b] for b in ("A", "S", "B")])

@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_params
-from socmap import paths, train
+from socmap import paths, train, training
 from socmap.checkpoint import load_checkpoint
-from socmap.config import load_params, params_to_dict
+from socmap.config import load_params, params_subset, params_to_dict
 from socmap.errors import SocmapError
-from socmap.launch import launch_command, relaunch
+from socmap.launch import launch_command, make_accelerator, relaunch
 from socmap.metrics import regression_metrics
 from socmap.models import build_model
 from socmap.predict import Predictor, load_ensemble
@@ -79,10 +79,9 @@ def params_for(project: Path, **overrides):
 
 
 def run_train(project: Path, out: Path, params, callback=None, fingerprint: str = "same") -> dict:
-    patches, samples, split = train.read_inputs(project / paths.PATCHES, project / paths.SAMPLES,
-                                                project / paths.SPLIT)
-    return train.train_all(patches, samples, split, params, train.make_accelerator(params.train),
-                           out / "models", out / "metrics/train", out / "resume/train", fingerprint, callback)
+    inputs = train.read_inputs(project / paths.PATCHES, project / paths.SAMPLES, project / paths.SPLIT)
+    outputs = train.TrainOutputs(out / paths.MODELS, out / paths.TRAIN_METRICS, out / paths.RESUME)
+    return train.train_all(inputs, params, make_accelerator(params.train), outputs, fingerprint, callback)
 
 
 def val_rows(project: Path, run: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +220,11 @@ def test_every_model_loss_transform_and_schedule_trains(project, tmp_path, overr
 def test_epoch_order_is_seeded_by_run_and_epoch(project):
     cfg = params_for(project).train
     targets = np.random.default_rng(0).lognormal(3, 0.6, 300)
-    first = train.epoch_order(targets, cfg, run=0, epoch=3)
-    np.testing.assert_array_equal(first, train.epoch_order(targets, cfg, run=0, epoch=3))
-    assert not np.array_equal(first, train.epoch_order(targets, cfg, run=0, epoch=4))
+    first = training.epoch_order(targets, cfg, run=0, epoch=3)
+    np.testing.assert_array_equal(first, training.epoch_order(targets, cfg, run=0, epoch=3))
+    assert not np.array_equal(first, training.epoch_order(targets, cfg, run=0, epoch=4))
     assert len(first) >= 300 and set(first.tolist()) == set(range(300))  # every row, plus upsampled extras
-    plain = train.epoch_order(targets, params_for(project, **{"train.balanced": False}).train, run=0, epoch=3)
+    plain = training.epoch_order(targets, params_for(project, **{"train.balanced": False}).train, run=0, epoch=3)
     assert sorted(plain.tolist()) == list(range(300))
 
 
@@ -285,10 +284,10 @@ def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invarian
 def test_tta_is_stored_with_the_model_and_used_by_its_predictor(project, trained, tmp_path):
     out, summary, _ = trained
     default = Predictor.load(out / "models/run_0.pt")
-    assert default.views == 4 == params_for(project).train.tta
+    assert default.spec.tta == 4 == params_for(project).train.tta
     plain = run_train(project, tmp_path, params_for(project, **{"train.tta": 1, "train.num_runs": 1}))
     single = Predictor.load(tmp_path / "models/run_0.pt")
-    assert single.views == 1
+    assert single.spec.tta == 1
     patches, target = val_rows(project, 0)
     x = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     torch.testing.assert_close(single.predict_tensor(x), single.target.inverse(single.model(single.features(x))))
@@ -301,7 +300,7 @@ def test_augmentation_changes_training_and_can_be_turned_off(project, trained, t
     assert params_for(project).train.augment  # on by default
     plain = run_train(project, tmp_path, params_for(project, **{"train.augment": False}))
     assert plain["val_r2_mean"] > 0.4 and plain["val_r2_mean"] != summary["val_r2_mean"]
-    assert train.augmenter(params_for(project, **{"train.augment": False}).train, 0, 0, 0) is None
+    assert training.augmenter(params_for(project, **{"train.augment": False}).train, 0, 0, 0) is None
 
 
 def test_kfold_trains_one_model_per_fold_of_the_split(project, tmp_path):
@@ -367,6 +366,6 @@ def test_checkpoints_record_exactly_the_params_the_train_stage_declares():
     """A param outside the train stage's list (say evaluate.kriging) must not change a checkpoint's bytes:
     dvc would not rerun train for it, and a fresh clone's `dvc repro` would write other models."""
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
-    recorded = train.stage_params(load_params(ROOT / "params.yaml"))
+    recorded = params_subset(load_params(ROOT / "params.yaml"), train.STAGE_PARAMS)
     leaves = {f"{section}.{key}" for section, values in recorded.items() for key in values}
     assert leaves == set(declared)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
+from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.kriging import ResidualField
 from socmap.metrics import r2_score
@@ -77,18 +78,19 @@ def baseline_names(kriging: str) -> list[str]:
 
 
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
-                         trees: int, leaf_sizes: tuple[int, ...], seed: int, xy: np.ndarray,
-                         kriging: str = "none", neighbours: int = 16) -> tuple[dict[str, np.ndarray], dict]:
+                         cfg: EvaluateConfig, xy: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
     """Each baseline's prediction of each run's test rows, fitted on that run's training rows.
 
     Args:
         patches: [N, C, W, W, T]; static: [C] bool; targets: [N] g/kg.
         roles: [K, N] role of every row in every run (train, val, test, buffer).
-        xy: [N, 2] row positions (metres); kriging, neighbours: evaluate.kriging and kriging_neighbours.
+        cfg: evaluate.* (rf_trees, rf_min_samples_leaf, seed, kriging, kriging_neighbours).
+        xy: [N, 2] row positions (metres).
     Returns:
         ({baseline: [K, N] predictions, NaN where the row is not test in that run},
          {forest: {"min_samples_leaf": [per run]}}).
     """
+    trees, leaf_sizes, seed, kriging = cfg.rf_trees, cfg.rf_min_samples_leaf, cfg.seed, cfg.kriging
     if not leaf_sizes:
         raise SocmapError("evaluate.rf_min_samples_leaf = []: give at least one leaf size, e.g. [5]")
     features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
@@ -103,7 +105,8 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
             predictions[name][run, test] = model.predict(x[test])
             chosen[name]["min_samples_leaf"].append(leaf)
             if kriging != "none":
-                field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging, neighbours)
+                field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging,
+                                           cfg.kriging_neighbours)
                 predictions[f"{name}_kriged"][run, test] = field.correct(predictions[name][run, test],
                                                                          *field.krige(xy[test]))
     return predictions, chosen

@@ -1,7 +1,9 @@
 """`socmap <stage>`: one subcommand per DVC stage, wiring params.yaml to the stage's `main`.
 
 Each stage module exposes ``main(params)``; it is imported only when its
-subcommand runs, so `socmap --help` and a params error come back at once.
+subcommand runs, and the params (whose choices come from the model modules,
+torch among them) only once the command line is parsed: `socmap --help` comes
+back at once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 import logging
 import sys
 
-from socmap.config import load_params
+from socmap import paths
 from socmap.errors import SocmapError
 
 STAGES = {
@@ -25,8 +27,8 @@ STAGES = {
 
 # Options of a stage beyond --params, passed to its main() as keyword arguments.
 STAGE_OPTIONS = {
-    "simulate": (("--out", "data/synthetic", "directory of the world"),
-                 ("--plots", "plots/synthetic", "directory of its quick-look pictures")),
+    "simulate": (("--out", str(paths.world_data()), "directory of the world"),
+                 ("--plots", str(paths.world_plots()), "directory of its quick-look pictures")),
 }
 
 
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        from socmap.config import load_params
+
         params = load_params(args.params)
         module = importlib.import_module(STAGES[args.stage][0])
         options = {flag[2:]: getattr(args, flag[2:]) for flag, _, _ in STAGE_OPTIONS.get(args.stage, ())}

@@ -1,8 +1,8 @@
 """`params.yaml`, loaded into typed, frozen objects and validated before any work starts.
 
 Every section of the file is a dataclass below; the field's type says what
-the value may be (``Literal`` lists the choices) and its ``metadata`` gives
-ranges. ``load_params`` rejects unknown keys (naming the nearest valid one),
+the value may be (``Literal`` lists the choices, taken from the modules that
+implement them) and its ``metadata`` gives ranges. ``load_params`` rejects unknown keys (naming the nearest valid one),
 wrong types, values out of range and inconsistent combinations with a
 `SocmapError` that names the key, the value and what is valid.
 """
@@ -22,6 +22,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 from socmap.errors import SocmapError
+from socmap.kriging import SPACES
+from socmap.losses import LOSSES
+from socmap.models import MODELS
+from socmap.transforms import TRANSFORMS, VIEWS
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
 
@@ -141,12 +145,12 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal["refitted_cov_lstm", "cnn", "lstm"] = "refitted_cov_lstm"
-    loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
+    model: Literal[MODELS] = "refitted_cov_lstm"
+    loss_type: Literal[LOSSES] = "composite_l2"
     loss_alpha: float = field(default=0.5, metadata=_range(ge=0, le=1))
     loss_sigma: float = field(default=3.0, metadata=_range(gt=0))  # g/kg, floor of the per-row uncertainty
     loss_sigma_relative: float = field(default=0.1, metadata=_range(ge=0))  # share of OC added to sigma
-    target_transform: Literal["none", "log", "normalize"] = "normalize"
+    target_transform: Literal[TRANSFORMS] = "normalize"
     lr: float = field(default=2e-3, metadata=_range(gt=0, le=1))
     weight_decay: float = field(default=1e-4, metadata=_range(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
@@ -156,7 +160,7 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=_range(ge=1, le=100))
     augment: bool = True  # random rotations and mirrors of the window in every training batch
-    tta: Literal[1, 2, 4, 8] = 4  # window symmetries averaged in validation and every prediction
+    tta: Literal[tuple(VIEWS)] = 4  # window symmetries averaged in validation and every prediction
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=_range(ge=1))
     balance_fraction: float = field(default=0.75, metadata=_range(gt=0, le=1))
@@ -180,7 +184,7 @@ class EvaluateConfig:
     rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=_range(ge=1))  # tuned on validation
     seed: int = field(default=0, metadata=_range(ge=0))
     batch_size: int = field(default=2048, metadata=_range(ge=1))
-    kriging: Literal["log", "linear", "none"] = "log"  # regression kriging of each run's training residuals
+    kriging: Literal[SPACES] = "log"  # regression kriging of each run's training residuals
     kriging_neighbours: int = field(default=16, metadata=_range(ge=1))  # nearest training rows per system
 
 
@@ -245,12 +249,29 @@ def replace(params: Params, **dotted: Any) -> Params:
     """A copy of `params` with dotted keys changed (``replace(p, **{"train.epochs": 2})``), validated."""
     raw = params_to_dict(params)
     for key, value in dotted.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
+        parent, _, last = key.rpartition(".")
+        (lookup(raw, parent) if parent else raw)[last] = value
     return params_from_dict(raw)
+
+
+def lookup(tree: dict, key: str) -> Any:
+    """The value at a dotted key (``"train.lr"``) of a nested dict such as `params_to_dict` gives."""
+    node = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def params_subset(params: Params, keys: tuple[str, ...]) -> dict:
+    """The values of dotted `keys` (a key may name a whole section), nested as in params.yaml."""
+    raw, picked = params_to_dict(params), {}
+    for key in keys:
+        parent, _, last = key.rpartition(".")
+        node = picked
+        for part in parent.split(".") if parent else ():
+            node = node.setdefault(part, {})
+        node[last] = lookup(raw, key)
+    return picked
 
 
 class _Invalid(Exception):

@@ -35,8 +35,7 @@ from scipy.spatial import cKDTree
 from socmap.errors import SocmapError
 from socmap.io import atomic_path
 
-FIELDS = "data/evaluate/kriging.npz"  # every run's field: written by the evaluate stage, read by the map stage
-SPACES = ("none", "log", "linear")
+SPACES = ("log", "linear", "none")  # evaluate.kriging's choices
 FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
 MAX_LAG_KM, LAG_KM = 60.0, 2.0  # the empirical variogram: pairs closer than MAX_LAG_KM in LAG_KM bins
 MIN_PAIRS = 30  # lag bins with fewer pairs are left out of the fit
@@ -190,6 +189,36 @@ class ResidualField:
         """The variogram and the data behind it, for metrics.json."""
         return {"nugget": self.variogram.nugget, "sill": self.variogram.sill,
                 "range_km": self.variogram.range_km, "rows": int(len(self.residuals))}
+
+
+@dataclass(frozen=True)
+class Kriging:
+    """What regression kriging adds to the runs' predictions (`krige_runs`)."""
+
+    unkriged: np.ndarray  # [K, N] the predictions before kriging, g/kg
+    fields: list[ResidualField]  # each run's
+    variance: np.ndarray  # [K, N] relative kriging variance of each run at each row
+
+
+def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, space: str,
+               neighbours: int) -> tuple[np.ndarray, Kriging | None]:
+    """Every run's predictions of every row, regression-kriged from that run's training residuals.
+
+    Args:
+        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N].
+    Returns:
+        ([K, N] kriged predictions, what kriging added); with `space` none, the predictions and None.
+    """
+    if space == "none":
+        return predictions, None
+    fields, kriged, variance = [], np.empty_like(predictions), np.empty_like(predictions)
+    for run, predicted in enumerate(predictions):
+        train = roles[run] == "train"
+        field = ResidualField.fit(xy[train], targets[train], predicted[train], space, neighbours)
+        residual, variance[run] = field.krige(xy)
+        kriged[run] = field.correct(predicted, residual, variance[run])
+        fields.append(field)
+    return kriged, Kriging(predictions, fields, variance)
 
 
 def save_fields(path: str | Path, fields: list[ResidualField]) -> None:

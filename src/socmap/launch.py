@@ -1,4 +1,5 @@
-"""Run a stage in several processes: `socmap <stage>` re-executes itself under `accelerate launch`.
+"""Several processes and devices: `socmap <stage>` re-executes itself under `accelerate launch`; the
+accelerator a stage trains with; the gather that brings every process's results to the main one.
 
 On CPU this is the recipe that forms a gloo process group of N processes here
 (``accelerate launch --cpu`` starts only one):
@@ -23,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
-from socmap.config import Params, params_to_dict
+from socmap.config import Params, TrainConfig, params_to_dict
 from socmap.errors import SocmapError
 
 log = logging.getLogger(__name__)
@@ -101,3 +103,30 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def make_accelerator(cfg: TrainConfig):
+    """The accelerate `Accelerator`: CPU unless CUDA is there; mixed precision (train.mixed_precision) on
+    GPU only."""
+    from accelerate import Accelerator  # accelerate only in the stages that train
+
+    cuda = torch.cuda.is_available()
+    if cfg.mixed_precision != "fp32" and not cuda:
+        log.warning("train.mixed_precision = %s is ignored on CPU", cfg.mixed_precision)
+    mixed = cfg.mixed_precision if cuda and cfg.mixed_precision != "fp32" else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def distributed() -> tuple[int, int, Callable[[object], list | None]]:
+    """This process's rank, the number of processes, and a function gathering one object per process
+    onto rank 0 (None on the other ranks)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0, 1, lambda obj: [obj]
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def gather(obj: object) -> list | None:
+        received = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(obj, received, dst=0)
+        return received
+
+    return rank, world, gather

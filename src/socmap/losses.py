@@ -29,7 +29,7 @@ from torch import nn
 from socmap.errors import SocmapError
 from socmap.transforms import TargetTransform
 
-LOSSES = ("l1", "mse", "composite_l1", "composite_l2")
+LOSSES = ("l1", "mse", "composite_l1", "composite_l2")  # train.loss_type's choices
 
 
 def row_sigma(targets: np.ndarray, sigma: float, sigma_relative: float,

@@ -1,4 +1,4 @@
-"""Regression and interval metrics in the target's original units (g/kg), as DESIGN.md defines them.
+"""Regression and interval metrics in the target's original units (g/kg), and the ensemble spread.
 
 The one place these figures are computed: training, evaluation and benchmarks all call it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 REGRESSION_METRICS = ("r2", "r2_pearson", "mae", "rmse", "bias", "rpiq", "ccc")
+UNIT = "g/kg"  # SOC everywhere outside the training loop: metrics, maps, figures
 
 
 def r2_score(observed: np.ndarray, predicted: np.ndarray) -> float:
@@ -40,6 +41,14 @@ def regression_metrics(observed: np.ndarray, predicted: np.ndarray) -> dict[str,
         "ccc": float(ccc),
         "n": int(observed.size),
     }
+
+
+def spread(values: np.ndarray) -> np.ndarray | float:
+    """The ensemble spread: standard deviation over the runs (axis 0), ddof 1; NaN with fewer than two."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return np.full(values.shape[1:], np.nan) if values.ndim > 1 else float("nan")
+    return values.std(axis=0, ddof=1)
 
 
 def interval_metrics(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> dict[str, float]:

@@ -13,12 +13,15 @@ one value per row ``[B]`` in the transformed target space.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
 from socmap.errors import SocmapError
 
-MODELS = ("refitted_cov_lstm", "cnn", "lstm")
+MODELS = ("refitted_cov_lstm", "cnn", "lstm")  # train.model's choices
 CNN_FEATURES = 128
 
 
@@ -106,3 +109,47 @@ def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128,
     if name == "cnn":
         return SurveyYearCNN(bands, window_size)
     return CentrePixelLSTM(bands, hidden_size, num_layers, dropout)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a checkpoint needs to rebuild its model and check its input: the architecture and its
+    sizes, the bands by name, the years per patch and the test-time views (train.tta)."""
+
+    name: str
+    bands: int
+    window_size: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    band_names: tuple[str, ...]
+    time_before: int
+    tta: int
+
+    @classmethod
+    def from_params(cls, train_cfg: Any, bands: list[str], window_size: int, time_before: int) -> "ModelSpec":
+        """The spec of train.* for patches of `bands` × `window_size`² pixels × `time_before` years."""
+        return cls(train_cfg.model, len(bands), window_size, train_cfg.hidden_size, train_cfg.num_layers,
+                   train_cfg.dropout, tuple(bands), time_before, train_cfg.tta)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model of this spec (the current torch seed draws its weights)."""
+        return build_model(self.name, self.bands, self.window_size, self.hidden_size, self.num_layers,
+                           self.dropout)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(bands, window, window, years) of one patch."""
+        return self.bands, self.window_size, self.window_size, self.time_before
+
+    def to_dict(self) -> dict:
+        """Plain values, for a checkpoint (``weights_only`` loads no classes)."""
+        return {"name": self.name, "bands": self.bands, "window_size": self.window_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
+                "band_names": list(self.band_names), "time_before": self.time_before, "tta": self.tta}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        return cls(str(values["name"]), int(values["bands"]), int(values["window_size"]),
+                   int(values["hidden_size"]), int(values["num_layers"]), float(values["dropout"]),
+                   tuple(values["band_names"]), int(values["time_before"]), int(values["tta"]))

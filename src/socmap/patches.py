@@ -1,7 +1,8 @@
 """Patches around survey rows: read each raster once, index every row at once, fill what is missing.
 
-`fill_missing` is the one place where NaN pixels get a value: the sample stage
-and the map stage both call it, so a map pixel sees exactly the patch that the
+`fill_values` says what value a band's missing pixels get (sample.fill) and
+`fill_missing` is the one place where NaN pixels get it: the sample stage and
+the map stage both call them, so a map pixel sees exactly the patch that the
 sample stage extracted for the same row and year.
 """
 
@@ -17,6 +18,17 @@ from tqdm import tqdm
 from socmap.rasters import RasterCatalog
 
 log = logging.getLogger(__name__)
+
+
+def fill_value(catalog: RasterCatalog, band: str, fill: str) -> float:
+    """The value of a band's nodata and beyond-edge pixels (sample.fill): the mean of all its valid grid
+    pixels (mean, `RasterCatalog.fill_value`) or 0 (zero)."""
+    return catalog.fill_value(band) if fill == "mean" else 0.0
+
+
+def fill_values(catalog: RasterCatalog, fill: str) -> dict[str, float]:
+    """`fill_value` of every band of data.bands."""
+    return {band: fill_value(catalog, band, fill) for band in catalog.cfg.bands}
 
 
 def fill_missing(stack: np.ndarray, fill_values: Sequence[float],
@@ -54,7 +66,7 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
     Args:
         rows, cols: [N] grid pixel of each row (on the grid).
         survey_years: [N] in data.first_year..data.last_year.
-        fill: "mean" (the band's mean, `RasterCatalog.fill_value`), "zero", or None to keep NaN.
+        fill: sample.fill (`fill_value`, taken once the band's whole grid is read), or None to keep NaN.
         out: optional array (a memmap, say) to write into.
 
     Returns:
@@ -80,8 +92,7 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
         padded = np.pad(grid, ((0, 0), (radius, radius), (radius, radius)), constant_values=np.nan)
         counts = window_counts(np.isnan(padded), window_size)  # [Ty, H, W] NaN pixels per window
         if fill is not None:
-            value = catalog.fill_value(band) if fill == "mean" else 0.0
-            fill_missing(padded[None], [value], inplace=True)  # [1, Ty, Hp, Wp]: one band
+            fill_missing(padded[None], [fill_value(catalog, band, fill)], inplace=True)  # [1, Ty, Hp, Wp]: one band
         if static:
             view = sliding_window_view(padded[0], (window_size, window_size))  # [H, W, w, w]
             out[:, c] = view[rows, cols][..., None]  # [N, w, w, 1], repeated over T

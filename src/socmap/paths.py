@@ -33,8 +33,12 @@ KRIGING_FIELDS = Path("data/evaluate/kriging.npz")  # every run's residual field
 MAPS = Path("data/maps")  # soc_{year}.tif, soc_change_{first}_{last}.tif
 MAP_PLOTS = Path("plots/map")
 
-# simulate: one folder of data and one of pictures per simulated world
+# simulate: one folder of data and one of pictures per simulated world, its files named so
 DEFAULT_WORLD = "synthetic"
+WORLD_RASTERS = "rasters"  # {band}/{year}.tif and {band}/static.tif
+WORLD_POINTS = "points.csv"  # the survey table, as the real one
+WORLD_TRUTH = "truth.parquet"  # the noise-free truth per row: it marks a simulated world
+WORLD_ORACLE = "oracle.json"  # the ceilings over the rows the default sample stage keeps
 
 
 def world_data(name: str = DEFAULT_WORLD) -> Path:

@@ -1,7 +1,9 @@
-"""Pictures for people: the one figure writer, and quick looks at the simulated world."""
+"""Pictures for people, every figure of the pipeline: quick looks at the simulated world, the evaluate
+stage's scatter, residual map and variograms, the map previews; and the one figure writer."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +15,8 @@ import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 
 from socmap.io import atomic_path  # noqa: E402
+from socmap.kriging import MAX_LAG_KM, ResidualField, empirical_variogram  # noqa: E402
+from socmap.metrics import UNIT  # noqa: E402
 
 
 def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_names: tuple[str, ...],
@@ -41,6 +45,99 @@ def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_na
     ax.set_title(f"Hidden land cover and {len(table)} survey rows (simulated)")
     ax.set_axis_off()
     save_figure(fig, out_dir / "land_cover.png")
+
+
+def plot_scatter(table: pd.DataFrame, summary: dict, path: Path) -> None:
+    """Predicted against observed test SOC with the interval of each row and the 1:1 line."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    limit = 1.05 * float(np.nanmax(table[["observed", "ensemble"]].to_numpy()))
+    ax.vlines(table["observed"], table["lower"], table["upper"], color="0.6", alpha=0.3, lw=0.6,
+              label=f"{summary['interval']:.0%} interval")
+    ax.scatter(table["observed"], table["ensemble"], s=14, c="#1f5fa8", alpha=0.85, linewidths=0, zorder=3,
+               label="test rows")
+    ax.plot([0, limit], [0, limit], "k--", lw=1, label="1:1")
+    ax.set(xlim=(0, limit), ylim=(0, limit), aspect="equal", xlabel="observed SOC (g/kg)",
+           ylabel="predicted SOC (g/kg)", title="Predicted against observed, test rows")
+    text = (f"R² {summary['r2']:.2f}   (Pearson² {summary['r2_pearson']:.2f})\nRMSE {summary['rmse']:.1f} g/kg   "
+            f"bias {summary['bias']:+.1f} g/kg\nPICP {summary['picp']:.2f} (nominal {summary['interval']:.2f})   "
+            f"n {summary['n']}")
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "0.8"})
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path, dpi=110)
+
+
+def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list, path: Path) -> None:
+    """Test residuals (ensemble − observed) at their locations over the region, the other rows in grey."""
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    for xs, ys in outline:
+        ax.plot(np.asarray(xs) / 1000, np.asarray(ys) / 1000, color="0.3", lw=1)
+    ax.scatter(samples["x"] / 1000, samples["y"] / 1000, s=3, c="0.8", linewidths=0, label="other survey rows")
+    limit = float(np.nanpercentile(np.abs(table["residual"]), 95)) or 1.0
+    order = np.argsort(np.abs(table["residual"].to_numpy()))  # the largest errors drawn on top
+    image = ax.scatter(table["x"].iloc[order] / 1000, table["y"].iloc[order] / 1000,
+                       c=table["residual"].iloc[order], cmap="RdBu_r", vmin=-limit, vmax=limit, s=22,
+                       edgecolors="0.2", linewidths=0.3, label="test rows")
+    fig.colorbar(image, ax=ax, shrink=0.8, extend="both", label="predicted − observed SOC (g/kg)")
+    ax.set(aspect="equal", xlabel="easting (km)", ylabel="northing (km)",
+           title="Test residuals: red over-, blue under-predicted")
+    ax.legend(loc="lower left", fontsize=8, markerscale=1.5)
+    save_figure(fig, path, dpi=110)
+
+
+def plot_variograms(fields: list[ResidualField], path: Path) -> None:
+    """Each run's empirical variogram of its training residuals (points) and the fitted model (line)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for run, field in enumerate(fields):
+        lags, gamma, pairs = empirical_variogram(field.xy, field.residuals)
+        colour = plt.cm.tab10(run % 10)
+        used = pairs > 0
+        ax.scatter(lags[used], gamma[used], s=12, color=colour, alpha=0.7)
+        h = np.linspace(0.0, MAX_LAG_KM, 200)
+        v = field.variogram
+        ax.plot(h, v(h), color=colour, lw=1.2,
+                label=f"run {run}: nugget {v.nugget:.3g}, sill {v.sill:.3g}, range a {v.range_km:.1f} km")
+    unit = "(log ratio)²" if fields[0].space == "log" else "(g/kg)²"
+    ax.set(xlim=(0, MAX_LAG_KM), ylim=(0, None), xlabel="distance between training rows (km)",
+           ylabel=f"semivariance {unit}",
+           title="Variogram of the runs' training residuals (exponential: 95 % of the sill at 3a)")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path, dpi=110)
+
+
+def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pixels: int = 900) -> None:
+    """A PNG of a map's first two bands side by side (value and uncertainty), with colour bars in g/kg
+    and the region outline; read at most `max_pixels` per side (the COG's overviews serve it)."""
+    with rasterio.open(path) as src:
+        step = max(1, math.ceil(max(src.width, src.height) / max_pixels))
+        shape = (2, math.ceil(src.height / step), math.ceil(src.width / step))
+        values = src.read([1, 2], out_shape=shape, masked=True)
+        names = src.descriptions[:2]
+        left, bottom, right, top = src.bounds
+    change = "change" in (names[0] or "")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), constrained_layout=True)
+    for i, ax in enumerate(axes):
+        data = values[i]
+        finite = data.compressed()
+        low, high = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        if change and i == 0:
+            high = max(abs(low), abs(high), 1e-6)
+            low, cmap = -high, "RdBu"
+        else:
+            cmap = "viridis" if i == 0 else "magma"
+        image = ax.imshow(data, cmap=cmap, vmin=low, vmax=high, extent=(left, right, bottom, top),
+                          interpolation="nearest")
+        for xs, ys in outline:
+            ax.plot(xs, ys, color="k", linewidth=0.8)
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
+        ax.set_aspect("equal")
+        ax.set_title(names[i])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.85, label=f"{names[i]} ({UNIT})")
+    fig.suptitle(title)
+    save_figure(fig, png)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 90) -> None:

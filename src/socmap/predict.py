@@ -17,7 +17,7 @@ import torch
 
 from socmap.checkpoint import load_checkpoint
 from socmap.errors import SocmapError
-from socmap.models import build_model
+from socmap.models import ModelSpec
 from socmap.transforms import FeatureNorm, TargetTransform, symmetric_mean
 
 
@@ -26,17 +26,12 @@ class Predictor:
 
     def __init__(self, checkpoint: dict, device: str | torch.device | None = None, source: str = "checkpoint"):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        spec = checkpoint["model"]
-        self.bands: list[str] = list(spec["band_names"])
-        self.window_size: int = int(spec["window_size"])
-        self.time_before: int = int(spec["time_before"])
+        self.spec = ModelSpec.from_dict(checkpoint["model"])
         self.run: int = int(checkpoint["run"])
-        self.views: int = int(spec["tta"])  # window symmetries averaged in every prediction
         self.epoch: int = int(checkpoint["epoch"])
         self.val_metrics: dict = dict(checkpoint["val_metrics"])
         self.source = source
-        self.model = build_model(spec["name"], int(spec["bands"]), self.window_size, int(spec["hidden_size"]),
-                                 int(spec["num_layers"]), float(spec["dropout"]))
+        self.model = self.spec.build()
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.to(self.device).eval()
         features = FeatureNorm.from_dict(checkpoint["features"])  # on the device once, not per batch
@@ -51,12 +46,12 @@ class Predictor:
     @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Raw patches ``[B, C, W, W, T]`` (any device) to SOC in g/kg ``[B]`` on this predictor's device."""
-        expected = (len(self.bands), self.window_size, self.window_size, self.time_before)
+        expected = self.spec.input_shape
         if tuple(x.shape[1:]) != expected:
             raise SocmapError(f"{self.source}: patches of shape {tuple(x.shape[1:])} (bands, window, window, "
-                              f"years) given, the model was trained on {expected} ({', '.join(self.bands)})")
+                              f"years) given, the model was trained on {expected} ({', '.join(self.spec.band_names)})")
         x = x.to(self.device, dtype=torch.float32, non_blocking=True)
-        return self.target.inverse(symmetric_mean(self.model, self.features(x), self.views))
+        return self.target.inverse(symmetric_mean(self.model, self.features(x), self.spec.tta))
 
     def predict(self, patches: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Raw patches ``[N, C, W, W, T]`` (an array or a memmap, read one batch at a time) to g/kg float64."""

@@ -190,11 +190,6 @@ class RasterCatalog:
             out[t, r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off] = self._read_source(source, window, cache)
         return out
 
-    @property
-    def fill_values(self) -> dict[str, float]:
-        """Per band, the mean of all valid grid pixels over its files (what sample.fill=mean uses)."""
-        return {band: self.fill_value(band) for band in self.cfg.bands}
-
     def fill_value(self, band: str) -> float:
         """The mean of all valid grid pixels of a band over its files; each file read (whole) only if
         no whole-grid read of it has been seen yet."""

@@ -18,7 +18,7 @@ import pandas as pd
 from socmap import paths
 from socmap.config import DataConfig, SampleConfig
 from socmap.io import atomic_path, write_json
-from socmap.patches import extract_patches, window_years
+from socmap.patches import extract_patches, fill_values, window_years
 from socmap.points import clean, read_survey
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
@@ -83,7 +83,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
             keep_rows(patches, np.flatnonzero(enough), tmp)
         del patches
     drops["low_valid_fraction"] = int(np.sum(~enough))
-    fill_values = catalog.fill_values if sample_cfg.fill == "mean" else {b: 0.0 for b in bands}
+    fills = fill_values(catalog, sample_cfg.fill)
     samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
     with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
@@ -105,7 +105,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         "static_bands": list(data_cfg.static_bands),
         "window_size": sample_cfg.window_size,
         "time_before": sample_cfg.time_before,
-        "fill_values": {b: float(v) for b, v in fill_values.items()},
+        "fill_values": {b: float(v) for b, v in fills.items()},
         "points": {"path": survey.path, "crs": survey.crs.to_string(), "unit": data_cfg.points.unit},
         "target": _summary(samples["target"].to_numpy()),
         "sites": int(samples["site_id"].nunique()),

@@ -30,6 +30,7 @@ from pyproj import Transformer
 from affine import Affine
 from scipy import ndimage
 
+from socmap import paths
 from socmap.config import SimulateConfig
 from socmap.io import atomic_path, write_json
 
@@ -364,6 +365,6 @@ def oracle_figures(table: pd.DataFrame, first_full_year: int) -> dict:
     }
 
 
-def main(params, out: str = "data/synthetic", plots: str = "plots/synthetic") -> None:
+def main(params, out: str = str(paths.world_data()), plots: str = str(paths.world_plots())) -> None:
     """`socmap simulate`: the world into `out`, quick looks into `plots`."""
     simulate(params.simulate, out, plots_dir=plots)

@@ -14,7 +14,7 @@ import torch
 
 from socmap.errors import SocmapError
 
-TRANSFORMS = ("none", "log", "normalize")
+TRANSFORMS = ("none", "log", "normalize")  # train.target_transform's choices
 LOG_OFFSET = 1e-10  # as the original: log(y + 1e-10), so y = 0 stays finite
 
 

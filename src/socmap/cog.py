@@ -1,0 +1,80 @@
+"""Cloud-Optimized GeoTIFFs of the maps, written as the blocks stream in.
+
+Per map year, `soc_{year}.tif` holds four float32 bands: the ensemble mean, the ensemble standard
+deviation (between the run checkpoints), and the lower and upper bounds of the calibrated prediction
+interval (`socmap.intervals.prediction_interval`). With two or more years,
+`soc_change_{first}_{last}.tif` holds the mean over the ensemble of each member's change (last minus
+first) and its standard deviation. A block's results go straight to a tiled GeoTIFF on disk, which is
+copied into a COG (with overviews) at the end, so memory stays one block's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+
+from socmap.blocks import Window
+from socmap.grid import NODATA, GridSpec
+from socmap.io import atomic_path
+from socmap.metrics import UNIT
+
+COG_BLOCK = 256  # pixels per side of a COG tile (and of the overviews' smallest level)
+GDAL_CACHE_MB = 64  # GDAL's block cache is a share of RAM by default; a fixed cap keeps memory flat
+
+
+def band_descriptions(years: Sequence[int], interval: float) -> dict[str, list[str]]:
+    """Output name -> the description of each of its bands."""
+    nominal = f"{interval:.0%}"
+    out = {f"soc_{year}": ["SOC mean", "SOC ensemble std", f"SOC {nominal} interval lower",
+                           f"SOC {nominal} interval upper"] for year in years}
+    if len(years) >= 2:
+        out[f"soc_change_{years[0]}_{years[-1]}"] = [f"SOC change {years[0]}-{years[-1]} mean",
+                                                      f"SOC change {years[0]}-{years[-1]} ensemble std"]
+    return out
+
+
+def write_maps(results: Iterator[tuple[Window, dict[str, np.ndarray]]], grid: GridSpec, window: Window,
+               out_dir: str | Path, descriptions: dict[str, list[str]], tags: dict[str, str]) -> list[Path]:
+    """Write streamed blocks into one COG per output name; return the paths.
+
+    Blocks go to an uncompressed tiled GeoTIFF on disk as they come; once all are in, GDAL's COG
+    driver copies it into the compressed, tiled COG with overviews.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=window.width, height=window.height, dtype="float32",
+                   crs=grid.crs, transform=grid.window_transform(window.row_off, window.col_off),
+                   nodata=NODATA, tiled=True, blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
+    paths = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+            tempfile.TemporaryDirectory(prefix=".map-blocks.", dir=out_dir) as scratch:
+        with contextlib.ExitStack() as stack:
+            datasets = {name: stack.enter_context(rasterio.open(Path(scratch) / f"{name}.tif", "w",
+                                                                count=len(names), **profile))
+                        for name, names in descriptions.items()}
+            for block, outputs in results:
+                where = rasterio.windows.Window(block.col_off - window.col_off, block.row_off - window.row_off,
+                                                block.width, block.height)
+                for name, values in outputs.items():
+                    datasets[name].write(values, window=where)
+                del outputs, values  # not held while the next block is computed
+            for name, dataset in datasets.items():
+                for band, description in enumerate(descriptions[name], start=1):
+                    dataset.set_band_description(band, description)
+                    dataset.set_band_unit(band, UNIT)
+                dataset.update_tags(**tags, SOCMAP_OUTPUT=name)
+        for name in descriptions:
+            path = out_dir / f"{name}.tif"
+            with atomic_path(path) as tmp:
+                # AVERAGE overviews skip nodata; the std overviews are averages too (fine for a quick look)
+                rasterio.shutil.copy(Path(scratch) / f"{name}.tif", tmp, driver="COG", COMPRESS="DEFLATE",
+                                     PREDICTOR="YES", BLOCKSIZE=COG_BLOCK, OVERVIEW_RESAMPLING="AVERAGE",
+                                     BIGTIFF="IF_SAFER")
+            paths.append(path)
+    return paths
