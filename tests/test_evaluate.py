@@ -14,7 +14,8 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from socmap.baselines import baseline_names
 from socmap.errors import SocmapError
 from socmap.config import EvaluateConfig
-from socmap.evaluate import EvaluateOutputs, roles_matrix, write_outputs
+from socmap import paths
+from socmap.evaluate import roles_matrix, write_outputs
 from socmap.intervals import prediction_interval
 from socmap.kriging import krige_runs, load_fields
 from socmap.scoring import Truth, bootstrap, score
@@ -24,7 +25,7 @@ BASELINES = baseline_names("log")
 
 
 def sklearn_figures(observed: np.ndarray, predicted: np.ndarray) -> dict:
-    """The regression figures of DESIGN.md, computed with scikit-learn / scipy / numpy, not socmap.metrics."""
+    """The regression figures as socmap.metrics defines them, computed with scikit-learn, scipy and numpy instead."""
     observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
     rmse = np.sqrt(mean_squared_error(observed, predicted))
     q1, q3 = np.percentile(observed, [25, 75])
@@ -75,11 +76,9 @@ def written(tmp_path, mode: str, kriging: str = "none", truth: Truth | None = No
     summary, table, calibration = score(samples, predictions, roles, baselines, mode,
                                         EvaluateConfig(interval=0.9, bootstrap=200, seed=0), truth, added)
     outline = [(np.array([0, 5e4, 5e4, 0, 0]), np.array([0, 0, 5e4, 5e4, 0]))]
-    outputs = EvaluateOutputs(tmp_path / "metrics", tmp_path / "plots", tmp_path / "calibration.json",
-                              tmp_path / "kriging.npz")
-    write_outputs(summary, table, calibration, samples, outline, [] if added is None else added.fields, outputs)
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    return metrics, pd.read_csv(tmp_path / "plots" / "predictions.csv"), samples, roles, predictions
+    write_outputs(summary, table, calibration, samples, outline, [] if added is None else added.fields, tmp_path)
+    metrics = json.loads((tmp_path / paths.EVALUATE_METRICS / "metrics.json").read_text())
+    return metrics, pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "predictions.csv"), samples, roles, predictions
 
 
 def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_path):
@@ -110,18 +109,18 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     assert lo < metrics["r2"] < hi and metrics["bootstrap"]["resamples"] == 200
     assert metrics["ceiling"]["skipped"].startswith("no truth.parquet")
     assert metrics["kriging"] == {"space": "none"} and "unkriged" not in table
-    assert not (tmp_path / "plots" / "variogram.png").exists()
+    assert not (tmp_path / paths.EVALUATE_PLOTS / "variogram.png").exists()
     assert metrics["mode"] == "holdout" and metrics["coverage"]["0.9"] == metrics["picp"]
     # what the map stage applies: the calibration file rebuilds the bounds of the csv
-    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    calibration = json.loads((tmp_path / paths.CALIBRATION).read_text())
     lower, upper = prediction_interval(table["ensemble"], table["std"], calibration)
     assert np.allclose(lower, table["lower"]) and np.allclose(upper, table["upper"]) and (lower >= 0).all()
     for name in ("error_by_year.csv", "coverage.csv", "predicted_vs_observed.png", "residual_map.png"):
-        assert (tmp_path / "plots" / name).stat().st_size > 0
-    coverage = pd.read_csv(tmp_path / "plots" / "coverage.csv").set_index("nominal")
+        assert (tmp_path / paths.EVALUATE_PLOTS / name).stat().st_size > 0
+    coverage = pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "coverage.csv").set_index("nominal")
     assert coverage.loc[0.9, "observed"] == pytest.approx(metrics["picp"])
     assert coverage.loc[0.9, "width"] == pytest.approx(metrics["interval_width"])
-    by_year = pd.read_csv(tmp_path / "plots" / "error_by_year.csv")
+    by_year = pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "error_by_year.csv")
     assert by_year["n"].sum() == len(table)
     first = table[table["year"] == by_year["year"][0]]
     assert by_year["rmse"][0] == pytest.approx(np.sqrt(mean_squared_error(first["observed"], first["ensemble"])))
@@ -152,14 +151,14 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
         raw = hand_made(mode)[2]
         assert np.allclose(table["unkriged"], raw[:, roles[0] == "test"].mean(axis=0))
     # the intervals, rebuilt from the csv with the calibration file: they scale with the kriging variance
-    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    calibration = json.loads((tmp_path / paths.CALIBRATION).read_text())
     lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, ensemble=mode == "holdout",
                                        kappa=table["kriging_variance"])
     assert np.allclose(lower, table["lower"]) and np.allclose(upper, table["upper"])
     assert 0 < table["kriging_variance"].min() < table["kriging_variance"].max() <= 1
     inside = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
     assert metrics["picp"] == pytest.approx(inside.mean())
-    assert (tmp_path / "plots" / "variogram.png").stat().st_size > 10_000
+    assert (tmp_path / paths.EVALUATE_PLOTS / "variogram.png").stat().st_size > 10_000
     variograms = metrics["kriging"]["variograms"]
     assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"run_{k}" for k in range(RUNS)}
     assert all(v["rows"] == (roles[k] == "train").sum() for k, v in enumerate(variograms.values()))

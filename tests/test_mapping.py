@@ -19,8 +19,9 @@ from rio_cogeo.cogeo import cog_validate
 
 from socmap import blocks, mapping
 from socmap.config import replace
-from socmap.ensemble import Ensemble, read_calibration
+from socmap.ensemble import Ensemble
 from socmap.errors import SocmapError
+from socmap.io import read_json
 from socmap.intervals import prediction_interval
 from socmap.kriging import load_fields
 from socmap.patches import fill_missing, fill_values
@@ -54,7 +55,7 @@ def ensemble(project):
 
 @pytest.fixture(scope="module")
 def calibration(project) -> dict:
-    return read_calibration(project[0] / "data/evaluate/calibration.json")
+    return read_json(project[0] / "data/evaluate/calibration.json", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +315,8 @@ def test_years_share_one_read():
 
 def test_user_errors_name_the_file_or_key(project, ensemble, calibration, tmp_path):
     root, params = project
-    with pytest.raises(SocmapError, match="calibration.json: interval calibration not found; run `socmap evaluate`"):
-        read_calibration(tmp_path / "calibration.json")
+    with pytest.raises(SocmapError, match="calibration.json: not found; run `socmap evaluate` first"):
+        Ensemble.load(calibration=tmp_path / "calibration.json", models=root / "models")
     with pytest.raises(SocmapError, match="sample.window_size = 5, .* params.yaml has .* 7"):
         Ensemble(ensemble, calibration).check(params.data.bands, 7, params.sample.time_before)
     outside = replace(params, **{"data.region.bbox": [8.0, 47.0, 8.5, 47.5]})

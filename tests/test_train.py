@@ -80,8 +80,7 @@ def params_for(project: Path, **overrides):
 
 def run_train(project: Path, out: Path, params, callback=None, fingerprint: str = "same") -> dict:
     inputs = train.read_inputs(project / paths.PATCHES, project / paths.SAMPLES, project / paths.SPLIT)
-    outputs = train.TrainOutputs(out / paths.MODELS, out / paths.TRAIN_METRICS, out / paths.RESUME)
-    return train.train_all(inputs, params, make_accelerator(params.train), outputs, fingerprint, callback)
+    return train.train_all(inputs, params, make_accelerator(params.train), out, fingerprint, callback)
 
 
 def val_rows(project: Path, run: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from socmap import paths
 from socmap.errors import SocmapError
 from socmap.kriging import SPACES
 from socmap.losses import LOSSES
@@ -40,7 +41,7 @@ def _range(**bounds: float) -> dict:
 
 @dataclass(frozen=True)
 class RastersConfig:
-    dir: str = "data/synthetic/rasters"
+    dir: str = str(paths.world_data() / paths.WORLD_RASTERS)
     yearly: str = "{band}/{year}.tif"
     static: str = "{band}/static.tif"
     reference: Optional[str] = None  # band whose grid all others are aligned to; None: first yearly band
@@ -60,7 +61,7 @@ class ColumnsConfig:
 
 @dataclass(frozen=True)
 class PointsConfig:
-    path: str = "data/synthetic/points.csv"
+    path: str = str(paths.world_data() / paths.WORLD_POINTS)
     crs: str = "EPSG:4326"  # used where the file itself carries no CRS
     columns: ColumnsConfig = ColumnsConfig()
     unit: Literal["g/kg", "%"] = "g/kg"

@@ -9,9 +9,7 @@ calibration uses) and the calibrated interval around the mean (`Ensemble.bands`)
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +19,7 @@ from socmap import paths
 from socmap.errors import SocmapError
 from socmap.grid import NODATA
 from socmap.intervals import prediction_interval
+from socmap.io import read_json
 from socmap.kriging import ResidualField, load_fields
 from socmap.metrics import spread
 from socmap.predict import Predictor, load_ensemble
@@ -43,7 +42,7 @@ class Ensemble:
              calibration: str | os.PathLike = paths.CALIBRATION,
              fields: str | os.PathLike = paths.KRIGING_FIELDS) -> "Ensemble":
         """The checkpoints of the train stage with the calibration and the fields of the evaluate stage."""
-        return cls(load_ensemble(models, device=device), read_calibration(calibration), load_fields(fields))
+        return cls(load_ensemble(models, device=device), read_json(calibration, "evaluate"), load_fields(fields))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -121,13 +120,3 @@ def ensemble_stats(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and spread (`socmap.metrics.spread`) over the ensemble axis (0), in float64."""
     members = members.astype(np.float64)
     return members.mean(axis=0), spread(members)
-
-
-def read_calibration(path: str | os.PathLike) -> dict:
-    """The interval calibration the evaluate stage wrote."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SocmapError(f"{path}: interval calibration not found; run `socmap evaluate` first") from None
-    except json.JSONDecodeError as exc:
-        raise SocmapError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); rerun `socmap evaluate`") from None

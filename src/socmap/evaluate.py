@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,12 @@ import pandas as pd
 from socmap import paths
 from socmap.baselines import baseline_predictions
 from socmap.errors import SocmapError
-from socmap.io import atomic_path, write_json
+from socmap.io import atomic_path, read_json, write_json
 from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
 from socmap.plots import plot_residual_map, plot_scatter, plot_variograms
 from socmap.scoring import Truth, coverage_curve, error_by_year, score
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvaluateOutputs:
-    """Where the stage writes: dvclive metrics, plot data and pictures, the calibration, the kriging fields."""
-
-    metrics: Path = paths.EVALUATE_METRICS
-    plots: Path = paths.EVALUATE_PLOTS
-    calibration: Path = paths.CALIBRATION
-    fields: Path = paths.KRIGING_FIELDS
 
 
 def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndarray:
@@ -76,12 +65,12 @@ def load_truth(points_path: str | Path, samples: pd.DataFrame) -> Truth | None:
 
 
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame, outline: list,
-                  fields: list[ResidualField] = (), outputs: EvaluateOutputs = EvaluateOutputs()) -> None:
+                  fields: list[ResidualField] = (), root: Path = Path(".")) -> None:
     """metrics.json through dvclive, plot data and PNGs (with kriging `fields`, their variograms), the
-    calibration and the fields; each written atomically."""
+    calibration and the fields, under the project `root`; each written atomically."""
     from dvclive import Live  # dvclive reads git and DVC state at import; only the stage needs it
 
-    with atomic_path(outputs.plots) as tmp:
+    with atomic_path(root / paths.EVALUATE_PLOTS) as tmp:
         tmp.mkdir()
         table.to_csv(tmp / "predictions.csv", index=False)
         error_by_year(table).to_csv(tmp / "error_by_year.csv", index=False)
@@ -91,9 +80,9 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
         plot_residual_map(table, samples, outline, tmp / "residual_map.png")
         if fields:
             plot_variograms(fields, tmp / "variogram.png")
-    save_fields(outputs.fields, fields)
-    write_json(outputs.calibration, calibration)
-    with atomic_path(outputs.metrics) as tmp:
+    save_fields(root / paths.KRIGING_FIELDS, fields)
+    write_json(root / paths.CALIBRATION, calibration)
+    with atomic_path(root / paths.EVALUATE_METRICS) as tmp:
         live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False)
         live.summary = summary
         live.end()
@@ -106,7 +95,7 @@ def main(params) -> None:
     from socmap.region import Region
 
     cfg = params.evaluate
-    grid_crs = json.loads(paths.REPORT.read_text())["grid"]["crs"]
+    grid_crs = read_json(paths.REPORT, "sample")["grid"]["crs"]
     require_projected(grid_crs, cfg.kriging, paths.REPORT)
     samples = pd.read_parquet(paths.SAMPLES)
     patches = np.load(paths.PATCHES, mmap_mode="r")

@@ -1,4 +1,5 @@
-"""Atomic writes: an interrupted stage never leaves a half-written file that looks whole."""
+"""Atomic writes (an interrupted stage never leaves a half-written file that looks whole), and reading
+the JSON files one stage writes for another."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from socmap.errors import SocmapError
 
 
 @contextlib.contextmanager
@@ -35,6 +38,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: str | os.PathLike, stage: str) -> Any:
+    """A JSON file that `stage` writes; a `SocmapError` naming the file and the stage to run when it is
+    missing or broken."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SocmapError(f"{path}: not found; run `socmap {stage}` first") from None
+    except json.JSONDecodeError as exc:
+        raise SocmapError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); rerun `socmap {stage}`") from None
 
 
 def _jsonable(value: Any) -> Any:

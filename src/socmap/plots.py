@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 
+from socmap import paths  # noqa: E402
 from socmap.io import atomic_path  # noqa: E402
 from socmap.kriging import MAX_LAG_KM, ResidualField, empirical_variogram  # noqa: E402
 from socmap.metrics import UNIT  # noqa: E402
@@ -23,7 +24,7 @@ def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_na
                    table: pd.DataFrame) -> None:
     """A PNG per band for the first and last year, and one of the hidden land cover with the survey sites."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for band_dir in sorted((world / "rasters").iterdir()):
+    for band_dir in sorted((world / paths.WORLD_RASTERS).iterdir()):
         files = sorted(band_dir.glob("*.tif"))
         for path in {files[0], files[-1]}:
             with rasterio.open(path) as src:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from socmap import paths
 from socmap.checkpoint import load_checkpoint
 from socmap.errors import SocmapError
 from socmap.models import ModelSpec
@@ -63,7 +64,7 @@ class Predictor:
         return out
 
 
-def load_ensemble(models_dir: str | os.PathLike = "models", device: str | torch.device | None = None
+def load_ensemble(models_dir: str | os.PathLike = paths.MODELS, device: str | torch.device | None = None
                   ) -> list[Predictor]:
     """Every ``run_{k}.pt`` under `models_dir`, in run order."""
     runs = sorted((int(m.group(1)), p) for p in Path(models_dir).glob("run_*.pt")

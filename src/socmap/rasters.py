@@ -20,8 +20,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject
@@ -44,10 +42,7 @@ class RasterFile:
     path: str
     band: str
     year: Optional[int]  # None: a static band
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
+    grid: GridSpec  # the file's own grid
     nodata: Optional[float]
     offset: Optional[tuple[int, int]]  # (row, col) in this file of the grid's pixel (0, 0); None: warped
 
@@ -115,8 +110,8 @@ class RasterCatalog:
         files, warped, shifted = {}, [], []
         for key, h in headers.items():
             offset, reasons = _alignment(h, grid)
-            files[key] = RasterFile(h["path"], key[0], key[1], h["crs"], h["transform"], h["width"],
-                                    h["height"], h["nodata"], offset)
+            files[key] = RasterFile(h["path"], key[0], key[1], GridSpec(h["crs"], h["transform"], h["width"],
+                                                                        h["height"]), h["nodata"], offset)
             entry = {"band": key[0], "year": key[1], "path": h["path"], "crs": h["crs"].to_string(),
                      "res": [abs(h["transform"].a), abs(h["transform"].e)], "shape": [h["height"], h["width"]]}
             if offset is None:
@@ -225,16 +220,16 @@ class RasterCatalog:
             if f.offset is not None:
                 # A plain window read, clipped to the file and padded with numpy: boundless reads are slow.
                 r0, c0 = row_off + f.offset[0], col_off + f.offset[1]
-                rs, re = max(r0, 0), min(r0 + height, f.height)
-                cs, ce = max(c0, 0), min(c0 + width, f.width)
+                rs, re = max(r0, 0), min(r0 + height, f.grid.height)
+                cs, ce = max(c0, 0), min(c0 + width, f.grid.width)
                 if rs < re and cs < ce:
                     data = ds.read(1, window=Window(cs, rs, ce - cs, re - rs), out_dtype=np.float32)
                     if f.nodata is not None and not np.isnan(f.nodata):
                         data[data == np.float32(f.nodata)] = np.nan
                     out[rs - r0:re - r0, cs - c0:ce - c0] = data
             else:
-                reproject(source=rasterio.band(ds, 1), destination=out, src_transform=f.transform,
-                          src_crs=f.crs, src_nodata=f.nodata,
+                reproject(source=rasterio.band(ds, 1), destination=out, src_transform=f.grid.transform,
+                          src_crs=f.grid.crs, src_nodata=f.nodata,
                           dst_transform=self.grid.window_transform(row_off, col_off), dst_crs=self.grid.crs,
                           dst_nodata=np.nan, resampling=self.resampling)
         except (RasterioError, OSError) as exc:

@@ -48,15 +48,6 @@ class TrainInputs:
     split: pd.DataFrame  # row_id, run, role
 
 
-@dataclass(frozen=True)
-class TrainOutputs:
-    """Where the stage writes: checkpoints, dvclive logs, resume states."""
-
-    models: Path = paths.MODELS
-    metrics: Path = paths.TRAIN_METRICS
-    resume: Path = paths.RESUME
-
-
 def read_inputs(patches_path: Path = paths.PATCHES, samples_path: Path = paths.SAMPLES,
                 split_path: Path = paths.SPLIT) -> TrainInputs:
     """The memory-mapped patches, the sample table and the split, checked against each other."""
@@ -113,12 +104,10 @@ def summarise(best: dict[int, dict]) -> dict:
     return summary
 
 
-def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, outputs: TrainOutputs = TrainOutputs(),
+def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, root: Path = Path("."),
               inputs_fingerprint: str = "", callback: EpochCallback | None = None) -> dict:
-    """Train every run, write models/run_{k}.pt, models/best.pt and the dvclive logs; return the summary.
-
-    A resume state in `outputs.resume` is taken up only if it carries `inputs_fingerprint`.
-    """
+    """Train every run, write models/run_{k}.pt, models/best.pt and the dvclive logs under the project
+    `root`; return the summary. A resume state is taken up only if it carries `inputs_fingerprint`."""
     cfg, patches, samples, split = params.train, inputs.patches, inputs.samples, inputs.split
     expected = (len(params.data.bands), params.sample.window_size, params.sample.window_size,
                 params.sample.time_before)
@@ -128,7 +117,7 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, out
                           "rerun `socmap sample`")
     spec = ModelSpec.from_params(cfg, list(params.data.bands), params.sample.window_size, params.sample.time_before)
     targets = samples["target"].to_numpy(dtype=np.float64)
-    live = Live(dir=str(outputs.metrics), dvcyaml=False, save_dvc_exp=False) if accelerator.is_main_process else None
+    live = Live(dir=str(root / paths.TRAIN_METRICS), dvcyaml=False, save_dvc_exp=False) if accelerator.is_main_process else None
     best: dict[int, dict] = {}
     runs = split_runs(split, params)
     for run in runs:
@@ -136,35 +125,36 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, out
         data = prepare_run(patches, targets, train_pos, val_pos, cfg)
         log.info("run %d: %d training rows, %d validation rows, %s on %s", run, len(train_pos), len(val_pos),
                  cfg.model, accelerator.device)
-        resume = Resume(outputs.resume / f"run_{run}.pt", inputs_fingerprint)
+        resume = Resume(root / paths.RESUME / f"run_{run}.pt", inputs_fingerprint)
         best[run] = train_run(run, data.to(accelerator.device), cfg, spec, accelerator, resume, live, callback)
         if accelerator.is_main_process:
-            save_checkpoint(outputs.models / f"run_{run}.pt", {
+            save_checkpoint(root / paths.MODELS / f"run_{run}.pt", {
                 "model": spec.to_dict(), "state_dict": best[run]["state_dict"], "features": data.features.to_dict(),
                 "target": data.target.to_dict(), "params": params_subset(params, STAGE_PARAMS), "run": run,
                 "epoch": best[run]["epoch"], "val_metrics": best[run]["val_metrics"]})
     summary = summarise(best)
     if accelerator.is_main_process:
-        finish(summary, runs, outputs, live)
+        finish(summary, runs, root, live)
     accelerator.wait_for_everyone()
     log.info("train: val r2 %.3f ± %.3f, rmse %.2f g/kg over %d runs; best run %d", summary["val_r2_mean"],
              summary["val_r2_std"], summary["val_rmse_mean"], len(runs), summary["best_run"])
     return summary
 
 
-def finish(summary: dict, runs: list[int], outputs: TrainOutputs, live: Live) -> None:
+def finish(summary: dict, runs: list[int], root: Path, live: Live) -> None:
     """Main process, all runs trained: models/best.pt, metrics.json, and no state left to resume."""
-    with atomic_path(outputs.models / "best.pt") as tmp:
-        shutil.copyfile(outputs.models / f"run_{summary['best_run']}.pt", tmp)
-    for path in outputs.models.glob("run_*.pt"):  # from an earlier train with other runs
+    models, resume = root / paths.MODELS, root / paths.RESUME
+    with atomic_path(models / "best.pt") as tmp:
+        shutil.copyfile(models / f"run_{summary['best_run']}.pt", tmp)
+    for path in models.glob("run_*.pt"):  # from an earlier train with other runs
         if re.fullmatch(r"run_\d+", path.stem) and int(path.stem[4:]) not in runs:
             path.unlink()
     live.summary = summary
     live.make_summary()
     live.end()
-    for state in outputs.resume.glob("run_*.pt"):
+    for state in resume.glob("run_*.pt"):
         state.unlink()
-    outputs.resume.mkdir(parents=True, exist_ok=True)  # the folder stays: dvc.yaml declares it (persist: true)
+    resume.mkdir(parents=True, exist_ok=True)  # the folder stays: dvc.yaml declares it (persist: true)
 
 
 def main(params: Params) -> None:
