@@ -22,7 +22,7 @@ BASELINES = baseline_names("log")
 
 
 def sklearn_figures(observed: np.ndarray, predicted: np.ndarray) -> dict:
-    """The regression figures of DESIGN.md, computed with scikit-learn / scipy / numpy, not socmap.metrics."""
+    """The regression figures socmap.metrics defines, computed with scikit-learn / scipy / numpy instead."""
     observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
     rmse = np.sqrt(mean_squared_error(observed, predicted))
     q1, q3 = np.percentile(observed, [25, 75])

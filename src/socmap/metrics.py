@@ -1,4 +1,4 @@
-"""Regression and interval metrics in the target's original units (g/kg), as DESIGN.md defines them.
+"""Regression and interval metrics in the target's original units (g/kg).
 
 The one place these figures are computed: training, evaluation and benchmarks all call it.
 """
