@@ -204,8 +204,8 @@ def test_a_training_killed_mid_epoch_resumes_to_the_same_models_and_leaves_no_te
     finally:
         stage.kill()  # SIGKILL: no handler, no cleanup
     assert stage.wait() == -9
-    done = load_checkpoint(stage_dir / "resume/train/run_0.pt")["next_epoch"]
-    assert 3 <= done < 6 and not (stage_dir / "models/run_0.pt").exists()
+    done = load_checkpoint(stage_dir / "resume/train/run_0.pt")["next_epoch"]  # 3, or 2 if killed while writing it
+    assert 2 <= done < 6 and not (stage_dir / "models/run_0.pt").exists()
     for stale in ("models/.run_0.pt.k1ll9x00.tmp/run_0.pt", "models/.best.pt.k1ll9x00.tmp/best.pt",
                   "resume/train/.run_1.pt.k1ll9x00.tmp/run_1.pt"):  # as a kill during a write leaves them
         (stage_dir / stale).parent.mkdir(parents=True, exist_ok=True)
