@@ -18,6 +18,7 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": "200"}  # wide enough t
 
 
 def socmap(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Run `socmap ARGS` in `cwd` as a user would."""
     return subprocess.run([sys.executable, "-m", "socmap.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=ENV, timeout=120)
 

@@ -88,6 +88,7 @@ GRID3 = torch.arange(9.0).reshape(1, 1, 3, 3, 1)  # [[0, 1, 2], [3, 4, 5], [6, 7
 
 
 def image(k: int) -> list[list[float]]:
+    """GRID3 under symmetry `k`, as rows of values."""
     return dihedral(GRID3, k)[0, 0, :, :, 0].tolist()
 
 
