@@ -104,7 +104,7 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
         gain = metrics["r2"] - sklearn_figures(table["observed"], table[name])["r2"]
         assert metrics["baselines"][name]["r2_gain"] == pytest.approx(gain)
         lo, hi = metrics["bootstrap"]["r2_gain"][name]
-        assert lo <= hi
+        assert 0 < lo < metrics["baselines"][name]["r2_gain"] < hi  # every baseline is far behind
     lo, hi = metrics["bootstrap"]["r2"]
     assert lo < metrics["r2"] < hi and metrics["bootstrap"]["resamples"] == 200
     assert metrics["ceiling"]["skipped"].startswith("no truth.parquet")
@@ -115,8 +115,16 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     calibration = json.loads((tmp_path / paths.CALIBRATION).read_text())
     lower, upper = prediction_interval(table["ensemble"], table["std"], calibration)
     assert np.allclose(lower, table["lower"]) and np.allclose(upper, table["upper"]) and (lower >= 0).all()
-    for name in ("error_by_year.csv", "coverage.csv", "predicted_vs_observed.png", "residual_map.png"):
-        assert (tmp_path / paths.EVALUATE_PLOTS / name).stat().st_size > 0
+    import matplotlib.image
+
+    scatter = matplotlib.image.imread(tmp_path / paths.EVALUATE_PLOTS / "predicted_vs_observed.png")[..., :3]
+    dot = np.array([0x1F, 0x5F, 0xA8]) / 255 * 0.85 + 0.15  # a test row's colour, alpha 0.85 over white
+    assert (np.abs(scatter - dot).max(axis=-1) < 0.01).sum() > 5 * len(table)  # a disc of about 13 pixels a row
+    residual_map = matplotlib.image.imread(tmp_path / paths.EVALUATE_PLOTS / "residual_map.png")[..., :3]
+    residual_map = residual_map[:, :int(0.7 * residual_map.shape[1])]  # the map, left of the colour bar
+    over = residual_map[..., 0] - residual_map[..., 2] > 0.3  # red
+    under = residual_map[..., 2] - residual_map[..., 0] > 0.3  # blue
+    assert over.sum() > 50 and under.sum() > 50  # test rows of both signs, each a disc of about 28 pixels
     coverage = pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "coverage.csv").set_index("nominal")
     assert coverage.loc[0.9, "observed"] == pytest.approx(metrics["picp"])
     assert coverage.loc[0.9, "width"] == pytest.approx(metrics["interval_width"])
@@ -158,7 +166,13 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
     assert 0 < table["kriging_variance"].min() < table["kriging_variance"].max() <= 1
     inside = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
     assert metrics["picp"] == pytest.approx(inside.mean())
-    assert (tmp_path / paths.EVALUATE_PLOTS / "variogram.png").stat().st_size > 10_000
+    import matplotlib
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(tmp_path / paths.EVALUATE_PLOTS / "variogram.png")[..., :3]
+    dots = [0.7 * np.array(matplotlib.colormaps["tab10"](k)[:3]) + 0.3 for k in range(RUNS + 1)]  # alpha 0.7
+    drawn = [(np.abs(picture - dot).max(axis=-1) < 0.01).sum() for dot in dots]
+    assert min(drawn[:RUNS]) > 50 and drawn[RUNS] == 0  # each run's points in its own colour, no fourth run
     variograms = metrics["kriging"]["variograms"]
     assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"run_{k}" for k in range(RUNS)}
     assert all(v["rows"] == (roles[k] == "train").sum() for k, v in enumerate(variograms.values()))
@@ -248,7 +262,8 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]),
                        skip=("r2_pearson",) if name == "training_mean" else ())
     assert_figures(metrics["ceiling"]["truth"], sklearn_figures(table["observed"], table["truth"]))
-    assert set(metrics["runs"]) == {"run_0", "run_1", "run_2"} and 0.0 <= metrics["picp"] <= 1.0
+    assert set(metrics["runs"]) == {"run_0", "run_1", "run_2"}
+    assert metrics["picp"] == pytest.approx(table["observed"].between(table["lower"], table["upper"]).mean())
     assert all(leaf in params.evaluate.rf_min_samples_leaf
                for leaf in metrics["baselines"]["rf_features"]["min_samples_leaf"])
     calibration = json.loads((tmp_path / "data/evaluate/calibration.json").read_text())

@@ -65,7 +65,8 @@ def test_two_runs_leave_the_spread_out():
     rng = np.random.default_rng(3)
     observed, predictions = draw_world(rng, 2000, runs=2)
     calibration = fit_calibration(observed, predictions[0], np.full(2000, np.nan), runs=2, interval=0.8)
-    assert calibration["spread_weight"] == 0.0 and calibration["relative"] > 0
+    assert calibration["spread_weight"] == 0.0
+    assert calibration["relative"] == pytest.approx(0.25 * np.sqrt(1 + 0.4**2), rel=0.15)  # the world's error sd / SOC
     lower, upper = prediction_interval(np.full(3, 50.0), np.array([0.0, 5.0, 50.0]), calibration)
     assert np.allclose(upper - lower, (upper - lower)[0])
     observed, predictions = draw_world(rng, 40000, runs=2)

@@ -96,7 +96,15 @@ def test_maps_are_valid_cogs_on_the_reference_grid_with_bands_units_and_identity
         assert json.loads(meta["tags"]["SOCMAP_PARAMS"])["map.years"] == YEARS
         assert json.loads(meta["tags"]["SOCMAP_PARAMS"])["data.rasters"]["dir"] == params.data.rasters.dir
         assert len(meta["tags"]["SOCMAP_PARAMS_SHA256"]) == 64
-        assert ((values != -9999.0).sum(axis=(1, 2)) > 0.7 * values[0].size).all(), name
+        inside = Region.from_config(params.data.region).mask(catalog.grid, 0, 0, catalog.grid.height,
+                                                             catalog.grid.width)
+        assert 0.7 < inside.mean() < 1.0  # the region's edge crosses the grid
+        mapped = values != -9999.0
+        assert not (mapped & ~inside).any(), name
+        # every pixel inside is mapped, except a few whose window reaches off the grid (too little valid data)
+        halo = params.sample.window_size // 2
+        core = (slice(None), slice(halo, -halo), slice(halo, -halo))
+        np.testing.assert_array_equal(mapped[core], np.broadcast_to(inside, mapped.shape)[core], err_msg=name)
     _, meta = read(root / "data/maps/soc_2020.tif")
     assert meta["descriptions"] == ("SOC mean", "SOC ensemble std", "SOC 90% interval lower",
                                     "SOC 90% interval upper")
@@ -175,12 +183,19 @@ def test_intervals_bracket_the_mean_and_change_is_the_difference_of_means(projec
 
 def test_previews_show_each_map(project):
     root, _ = project
+    import matplotlib
     import matplotlib.image
 
-    for name in ("soc_2018", "soc_2020", "soc_change_2018_2020"):
-        image = matplotlib.image.imread(root / "plots/map" / f"{name}.png")
-        assert image.shape[1] > 1.8 * image.shape[0] > 500  # two panels side by side
-        assert image[..., :3].std() > 0.1  # not blank
+    for name, left in (("soc_2018", "viridis"), ("soc_2020", "viridis"), ("soc_change_2018_2020", "RdBu")):
+        image = matplotlib.image.imread(root / "plots/map" / f"{name}.png")[..., :3]
+        height, width, _ = image.shape
+        assert width > 1.8 * height > 500  # two panels side by side
+        for cmap, columns in ((left, slice(width // 20, width * 7 // 20)),
+                              ("magma", slice(width * 11 // 20, width * 17 // 20))):  # value, then std
+            crop = image[height // 4:height * 3 // 4:4, columns][:, ::4].reshape(-1, 3)  # within the panel's map
+            lut = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
+            assert (np.abs(crop[:, None] - lut).max(axis=-1).min(axis=-1) < 1.5 / 255).all(), (name, cmap)
+            assert len(np.unique(crop, axis=0)) > 50, (name, cmap)  # the map's values, not one colour
 
 
 # ---------------------------------------------------------------------------------- streaming

@@ -190,6 +190,39 @@ def test_corrupt_geotiff_is_an_error_naming_the_file(coded):
         RasterCatalog.open(coded_params(coded).data)
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "cut short"])
+@pytest.mark.parametrize("band, year, res", [("A", 2012, 1000.0),  # on the grid: a window read
+                                             ("B", 2013, 500.0)])  # finer: warped onto the grid
+def test_a_raster_whose_tiles_fail_mid_read_is_an_error_naming_file_band_and_year(coded, damage, band, year, res):
+    path = coded / band / f"{year}.tif"
+    height, width = int(H * 1000 / res), int(W * 1000 / res)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32", crs=CRS,
+                       transform=from_origin(600_000.0, 5_400_000.0, res, res), nodata=-9999.0, tiled=True,
+                       blockxsize=16, blockysize=16, compress="deflate") as dst:
+        dst.write(np.random.default_rng(0).normal(size=(height, width)).astype(np.float32), 1)
+    with rasterio.open(path) as src:  # damage the last tile: the header before it stays whole
+        last = f"{-(-width // 16) - 1}_{-(-height // 16) - 1}"
+        offset = int(src.get_tag_item(f"BLOCK_OFFSET_{last}", "TIFF", bidx=1))
+        size = int(src.get_tag_item(f"BLOCK_SIZE_{last}", "TIFF", bidx=1))
+    assert offset + size == path.stat().st_size
+    with open(path, "r+b") as f:
+        if damage == "corrupt":
+            f.seek(offset + 2)
+            f.write(b"\xff" * 64)  # inside the deflate stream
+        else:
+            f.truncate(offset + size // 2)  # a copy that stopped half-way
+    catalog = RasterCatalog.open(coded_params(coded).data)  # the header opens
+    assert [w["band"] for w in catalog.warped] == ([] if band == "A" else ["B"])
+    reason = "ZIPDecode:Decoding error" if damage == "corrupt" else "TIFFFillTile:Read error"
+    with pytest.raises(SocmapError, match=rf"band {band} year {year} \(.*{band}/{year}\.tif\): cannot read the file "
+                                          rf"\({reason} .*\); a corrupt or cut-short copy\? Replace it"):
+        catalog.read_stack([year], 0, 0, H, W)
+    with pytest.raises(SocmapError, match=rf"band {band} year {year} \("):
+        catalog.fill_value(band)
+    stack = catalog.read_stack([2011], 0, 0, H, W)  # the other files read as before
+    assert stack[0, 5, 7, 0] == code(2011, 5, 7) and stack[2, 5, 7, 0] == -code(2011, 5, 7)
+
+
 def test_missing_static_band_is_an_error(coded):
     (coded / "S" / "static.tif").unlink()
     with pytest.raises(SocmapError, match=r"static band S: file .*S/static\.tif not found"):

@@ -68,10 +68,14 @@ def test_survey_table_has_the_original_columns_revisits_and_dirty_rows(tiny_worl
     assert (pd.to_datetime(points["survey_date"]).dt.year == points["year"]).all()
     west, south, east, north = TINY_WORLD["simulate.bbox"]
     outside = ~(points["GPS_LONG"].between(west, east) & points["GPS_LAT"].between(south, north))
-    assert points["OC"].isna().sum() > 0
-    assert (points["OC"] > 150).sum() > 0
-    assert outside.sum() > 0
-    assert points.duplicated().sum() > 0
+    dirty = pd.read_parquet(tiny_world / "truth.parquet")["dirty"]
+    n = 7  # of each kind: round(370 rows × dirty_share 0.08 / 4), then 7 duplicates appended
+    assert len(points) == 377 and dirty.value_counts().to_dict() == {
+        "": 377 - 4 * n, "missing_target": n, "above_max_target": n, "outside_region": n, "duplicate": n}
+    np.testing.assert_array_equal(points["OC"].isna(), dirty == "missing_target")
+    np.testing.assert_array_equal(points["OC"] > 150, dirty == "above_max_target")
+    np.testing.assert_array_equal(outside, dirty == "outside_region")
+    np.testing.assert_array_equal(points.duplicated(), dirty == "duplicate")
     lucas = points[points["POINTID"].str.startswith("L")]
     assert lucas.groupby("POINTID")["year"].nunique().max() >= 2  # one id, several surveys
     state = points[points["POINTID"].str.startswith("S")]

@@ -228,7 +228,15 @@ def test_metrics_report_sizes_distances_and_ks():
     assert run["min_distance_val_train_km"] > 1.2 and run["min_distance_test_train_km"] > 1.2
     assert metrics["min_distance_km"] == min(r[k] for r in metrics["per_run"].values()
                                              for k in ("min_distance_val_train_km", "min_distance_test_train_km"))
-    assert 0 <= run["val_ks"] <= 1 and 0 <= run["val_ks_p"] <= 1
+    from scipy.stats import ks_2samp
+
+    targets = samples.set_index("row_id")["target"]
+    val_target = targets.loc[val["row_id"]].to_numpy()
+    train_target = targets.loc[split[(split["run"] == 1) & (split["role"] == "train")]["row_id"]].to_numpy()
+    at = np.union1d(val_target, train_target)  # the largest gap of the two empirical distribution functions
+    gap = np.abs(np.searchsorted(np.sort(val_target), at, side="right") / val_target.size
+                 - np.searchsorted(np.sort(train_target), at, side="right") / train_target.size).max()
+    assert run["val_ks"] == round(gap, 4) and run["val_ks_p"] == round(ks_2samp(val_target, train_target).pvalue, 4)
     assert metrics["test_rows"] == run["test"]["rows"] and metrics["runs"] == 2
 
 

@@ -15,6 +15,7 @@ hidden_size, num_layers, dropout, plus band_names, time_before and tta),
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device | None =
         raise SocmapError(f"{path}: checkpoint not found; run `socmap train` (or `dvc pull`) first")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # a corrupt file, or one carrying pickled objects
-        raise SocmapError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    except Exception as exc:  # one carrying pickled objects, a corrupt or cut-short file, or an unreadable one
+        # torch's own message tells how to load the file unsafely: socmap names what it found instead
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if pickled:
+            raise SocmapError(f"{path}: not a loadable checkpoint: it holds a pickled {pickled.group(1)}, which "
+                              "socmap never writes, and unpickling it could run code; use a checkpoint that "
+                              "`socmap train` wrote (or `dvc pull` one)") from None
+        raise SocmapError(f"{path}: not a loadable checkpoint ({type(exc).__name__}; corrupt or cut short?); "
+                          "rerun `socmap train` (or `dvc pull` it again)") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
         raise SocmapError(f"{path}: not a {FORMAT} file ({found or 'no format'}: another socmap version or another "

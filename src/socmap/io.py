@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,10 +20,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     Works for files and directories alike: whatever the block writes at the
-    temporary path replaces `path` in one rename.
+    temporary path replaces `path` in one rename. The temporary entries of `path`
+    that a killed writer left behind (``.{name}.*.tmp``) are removed first, so they
+    never linger in a DVC output; a target has one writer at a time.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_entries(path):
+        shutil.rmtree(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
@@ -32,6 +37,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_entries(path: str | os.PathLike) -> list[Path]:
+    """The temporary folders beside `path` that an `atomic_path` of `path` creates: ``.{name}.{random}.tmp``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    own = re.compile(rf"\.{re.escape(path.name)}\.[^.]+\.tmp")  # not those of `{name}.json` and the like
+    return sorted(entry for entry in path.parent.iterdir()
+                  if own.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

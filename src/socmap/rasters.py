@@ -233,7 +233,8 @@ class RasterCatalog:
                           dst_transform=self.grid.window_transform(row_off, col_off), dst_crs=self.grid.crs,
                           dst_nodata=np.nan, resampling=self.resampling)
         except (RasterioError, OSError) as exc:
-            raise SocmapError(f"{f.label}: cannot read the file: {exc}") from None
+            raise SocmapError(f"{f.label}: cannot read the file ({_gdal_reason(exc)}); a corrupt or cut-short "
+                              "copy? Replace it (export it again, or `dvc pull`)") from None
         if (row_off, col_off, height, width) == (0, 0, self.grid.height, self.grid.width) \
                 and f.path not in self._stats:
             valid = out[~np.isnan(out)]
@@ -280,6 +281,13 @@ def _header(path: Path, band: str, year: Optional[int]) -> dict:
     if header["count"] > 1:
         log.warning("%s has %d bands; socmap reads band 1", path, header["count"])
     return header
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words for a failed read: rasterio's message only points to the error it chained."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)
 
 
 def _alignment(h: dict, grid: GridSpec) -> tuple[Optional[tuple[int, int]], list[str]]:
