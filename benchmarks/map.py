@@ -46,10 +46,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.crs import CRS
 
 from socmap.config import Params, load_params, params_to_dict, replace
-from socmap.grid import GridSpec
 from socmap.intervals import fit_calibration
 from socmap.kriging import ResidualField, Variogram
 from socmap.mapping import make_maps, region_window
@@ -188,9 +186,8 @@ def bavaria_pixels(resolution: float) -> int:
     grid, _ = make_grids(replace(params, **{"simulate.bbox": list(params.data.region.bbox),
                                             "simulate.resolution_m": resolution,
                                             "simulate.static_resolution_m": resolution}).simulate)
-    spec = GridSpec(CRS.from_epsg(25832), grid.transform, grid.width, grid.height)
     region = Region.from_config(params.data.region)
-    return int(sum(region.mask(spec, r, 0, min(512, grid.height - r), grid.width).sum()
+    return int(sum(region.mask(grid, r, 0, min(512, grid.height - r), grid.width).sum()
                    for r in range(0, grid.height, 512)))
 
 

@@ -20,23 +20,21 @@ exp(log SOC − r + var(r)/2).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import rasterio
 from pyproj import Transformer
-from affine import Affine
 from scipy import ndimage
 
 from socmap.config import SimulateConfig
+from socmap.grid import NODATA, GridSpec
 from socmap.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 CRS = "EPSG:25832"
-NODATA = -9999.0
 COVERS = ("cropland", "grassland", "forest", "wetland")
 YEARLY_BANDS = ("LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration")
 STATIC_BANDS = ("Elevation",)
@@ -55,37 +53,10 @@ B_ELEV, B_TPI, B_SLOPE, B_HIST, B_LST = 0.12, -0.22, -0.12, 0.3, -0.08
 RESIDUAL_SD, RESIDUAL_RANGE_KM = 0.25, 12.0
 
 
-@dataclass(frozen=True)
-class Grid:
-    """A north-up grid in EPSG:25832: origin of the upper-left corner, pixel size, shape."""
-
-    west: float
-    north: float
-    res: float
-    width: int
-    height: int
-
-    @property
-    def transform(self):
-        return Affine(self.res, 0.0, self.west, 0.0, -self.res, self.north)
-
-    def centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """x, y of every pixel centre, each [height, width]."""
-        xs = self.west + (np.arange(self.width) + 0.5) * self.res
-        ys = self.north - (np.arange(self.height) + 0.5) * self.res
-        return np.meshgrid(xs, ys)
-
-    def index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column of the pixels that hold the points (x, y)."""
-        col = np.floor((x - self.west) / self.res).astype(int)
-        row = np.floor((self.north - y) / self.res).astype(int)
-        return row, col
-
-
 # ----------------------------------------------------------------------------- the world
 
 
-def make_grids(cfg: SimulateConfig) -> tuple[Grid, Grid]:
+def make_grids(cfg: SimulateConfig) -> tuple[GridSpec, GridSpec]:
     """The yearly-band grid and the finer static grid, covering `cfg.bbox` exactly alike."""
     to_utm = Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
     west, south, east, north = to_utm.transform_bounds(*cfg.bbox)
@@ -94,9 +65,8 @@ def make_grids(cfg: SimulateConfig) -> tuple[Grid, Grid]:
     east, north = np.ceil(east / res) * res, np.ceil(north / res) * res
     width, height = int(round((east - west) / res)), int(round((north - south) / res))
     factor = int(round(res / cfg.static_resolution_m))
-    coarse = Grid(west, north, res, width, height)
-    fine = Grid(west, north, res / factor, width * factor, height * factor)
-    return coarse, fine
+    coarse = GridSpec.north_up(CRS, west, north, res, width, height)
+    return coarse, GridSpec.north_up(CRS, west, north, res / factor, width * factor, height * factor)
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> np.ndarray:
@@ -105,9 +75,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def elevation(grid: Grid, rng: np.random.Generator) -> np.ndarray:
+def elevation(grid: GridSpec, rng: np.random.Generator) -> np.ndarray:
     """Terrain in metres: Danube lowlands near 300 m, uplands to the north-east, Alps in the south."""
-    x, y = grid.centres()
+    x, y = grid.centres(0, 0, grid.height, grid.width)
     lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
     alps = 1500.0 / (1.0 + np.exp((lat - 47.62) / 0.06))
     foreland = 320.0 * np.clip((48.55 - lat) / 0.9, 0.0, 1.0)
@@ -116,7 +86,7 @@ def elevation(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     t = np.clip(((lon - 12.4) * 1.4 + (lat - 49.5) * -0.75) / (1.4**2 + 0.75**2), 0.0, 1.0)
     ridge = np.hypot(lon - (12.4 + 1.4 * t), (lat - (49.5 - 0.75 * t)) * 1.5)
     forest_ridge = 650.0 * np.exp(-((ridge / 0.22) ** 2))
-    km = 1000.0 / grid.res
+    km = 1000.0 / grid.res[0]
     hills = 70.0 * smooth_field(rng, x.shape, 6 * km) + 30.0 * smooth_field(rng, x.shape, 1.5 * km)
     rugged = 1.0 + alps / 450.0  # mountains are rougher
     return np.clip(330.0 + alps + foreland + uplands + forest_ridge + hills * rugged, 100.0, None)
@@ -183,7 +153,7 @@ def zscore(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ surveys
 
 
-def survey_sites(cfg: SimulateConfig, grid: Grid, rng: np.random.Generator) -> pd.DataFrame:
+def survey_sites(cfg: SimulateConfig, grid: GridSpec, rng: np.random.Generator) -> pd.DataFrame:
     """Survey rows inside the bbox: LUCAS-like sites revisited in `lucas_years` under one POINTID
     (GPS a few metres apart), and state-survey sites clustered, revisited in random years at the
     same coordinates under new ids."""
@@ -192,7 +162,8 @@ def survey_sites(cfg: SimulateConfig, grid: Grid, rng: np.random.Generator) -> p
     years = np.arange(cfg.first_year, cfg.last_year + 1)
     n_lucas = int(round(cfg.sites * cfg.lucas_share))
     n_state = cfg.sites - n_lucas
-    width_m, height_m = grid.width * grid.res, grid.height * grid.res
+    res, grid_west, grid_north = grid.res[0], grid.transform.c, grid.transform.f
+    width_m, height_m = grid.width * res, grid.height * res
 
     def inside(n: int, centre_fn) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = np.empty(0), np.empty(0)
@@ -203,7 +174,7 @@ def survey_sites(cfg: SimulateConfig, grid: Grid, rng: np.random.Generator) -> p
             xs, ys = np.concatenate([xs, x[ok]]), np.concatenate([ys, y[ok]])
         return xs[:n], ys[:n]
 
-    uniform = lambda m: (grid.west + rng.uniform(0, width_m, m), grid.north - rng.uniform(0, height_m, m))  # noqa: E731
+    uniform = lambda m: (grid_west + rng.uniform(0, width_m, m), grid_north - rng.uniform(0, height_m, m))  # noqa: E731
     n_clusters = max(1, n_state // 40)
     cx, cy = inside(n_clusters, uniform)
     spread = min(6000.0, 0.15 * min(width_m, height_m))
@@ -231,12 +202,12 @@ def survey_sites(cfg: SimulateConfig, grid: Grid, rng: np.random.Generator) -> p
     return frame.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True)
 
 
-def soc_process(sites: pd.DataFrame, grid: Grid, elev: np.ndarray, cover: np.ndarray,
+def soc_process(sites: pd.DataFrame, grid: GridSpec, elev: np.ndarray, cover: np.ndarray,
                 bands: dict[str, np.ndarray], years: list[int], cfg: SimulateConfig,
                 rng: np.random.Generator) -> pd.DataFrame:
     """Truth and observed OC (g/kg) for each survey row, from the pixel that holds it."""
-    tpi, slope = terrain(elev, grid.res)
-    residual = RESIDUAL_SD * smooth_field(rng, elev.shape, RESIDUAL_RANGE_KM * 1000.0 / grid.res)
+    tpi, slope = terrain(elev, grid.res[0])
+    residual = RESIDUAL_SD * smooth_field(rng, elev.shape, RESIDUAL_RANGE_KM * 1000.0 / grid.res[0])
     row, col = grid.index(sites["x"].to_numpy(), sites["y"].to_numpy())
     row, col = np.clip(row, 0, grid.height - 1), np.clip(col, 0, grid.width - 1)
     t = sites["year"].to_numpy() - years[0]
@@ -285,11 +256,11 @@ def dirty_rows(table: pd.DataFrame, cfg: SimulateConfig, rng: np.random.Generato
 # ------------------------------------------------------------------------------ writing
 
 
-def write_raster(path: Path, values: np.ndarray, grid: Grid, band: str) -> None:
+def write_raster(path: Path, values: np.ndarray, grid: GridSpec, band: str) -> None:
     """One single-band float32 GeoTIFF, tiled and compressed, nodata set, with unit and description."""
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
-                   crs=CRS, transform=grid.transform, nodata=NODATA, tiled=True, blockxsize=256,
+                   crs=grid.crs, transform=grid.transform, nodata=NODATA, tiled=True, blockxsize=256,
                    blockysize=256, compress="deflate", predictor=3)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values.astype(np.float32), 1)
@@ -304,10 +275,11 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
     coarse, fine = make_grids(cfg)
     years = list(range(cfg.first_year, cfg.last_year + 1))
     elev_fine = elevation(fine, rng)
-    elev = block_mean(elev_fine, int(round(coarse.res / fine.res)))
-    tpi, slope = terrain(elev, coarse.res)
-    cover = land_cover(elev, tpi, slope, rng, coarse.res)
-    bands = yearly_bands(cover, elev, years, rng, coarse.res)
+    res = coarse.res[0]
+    elev = block_mean(elev_fine, int(round(res / fine.res[0])))
+    tpi, slope = terrain(elev, res)
+    cover = land_cover(elev, tpi, slope, rng, res)
+    bands = yearly_bands(cover, elev, years, rng, res)
 
     sites = survey_sites(cfg, coarse, rng)
     table = soc_process(sites, coarse, elev, cover, bands, years, cfg, rng)
