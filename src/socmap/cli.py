@@ -13,9 +13,10 @@ import sys
 
 from socmap.config import load_params
 from socmap.errors import SocmapError
+from socmap.paths import DEFAULT_WORLD
 
 STAGES = {
-    "simulate": ("socmap.simulate", "write the simulated Bavaria to data/synthetic/"),
+    "simulate": ("socmap.simulate", "write a simulated Bavaria of simulate.worlds to data/<world>/"),
     "sample": ("socmap.sample", "extract one patch per survey row into data/processed/"),
     "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
     "train": ("socmap.train", "train one model per split run into models/"),
@@ -25,8 +26,7 @@ STAGES = {
 
 # Options of a stage beyond --params, passed to its main() as keyword arguments.
 STAGE_OPTIONS = {
-    "simulate": (("--out", "data/synthetic", "directory of the world"),
-                 ("--plots", "plots/synthetic", "directory of its quick-look pictures")),
+    "simulate": (("--world", DEFAULT_WORLD, "world of simulate.worlds, written to data/WORLD/ and plots/WORLD/"),),
 }
 
 

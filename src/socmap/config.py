@@ -97,7 +97,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    worlds: tuple[str, ...] = ("synthetic",)  # one `simulate@<name>` stage each, writing data/<name>/; [] with real data
+    """`simulate`: the simulated Bavaria. The keys from `context_km` on make it a family of worlds that
+    differ in how SOC arises and how the rasters are published; their defaults write the default world."""
+
+    # world name -> its own settings (overrides of the keys below); a simulate@<name> stage each, writing
+    # data/<name>/; {} with real data
+    worlds: dict[str, dict[str, Any]] = field(default_factory=lambda: {"synthetic": {}})
     seed: int = field(default=0, metadata=_range(ge=0))
     bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))  # lon/lat
     resolution_m: float = field(default=1000.0, metadata=_range(ge=50))  # yearly bands
@@ -113,6 +118,37 @@ class SimulateConfig:
         "SoilEvaporation"  # this yearly band misses its last year (product latency)
     )
     noise: float = field(default=0.2, metadata=_range(ge=0, le=2))  # measurement noise (sd of log)
+    # side (km) of the neighbourhood TPI is taken over, in the nearest odd number of pixels: how wide a
+    # spatial context SOC depends on (the window a CNN needs)
+    context_km: float = field(default=5.0, metadata=_range(gt=0))
+    # years of NPP (the survey year and those before) in the history term: how long a memory the LSTM needs
+    history_years: int = field(default=5, metadata=_range(ge=1, le=50))
+    # their weights: uniform, or recent (w_k ∝ 2^-k, k years before the survey)
+    history_weighting: Literal["uniform", "recent"] = "uniform"
+    # log-SOC per sd of northness (cos of aspect; > 0: north-facing slopes hold more): a direction effect
+    aspect_effect: float = field(default=0.0, metadata=_range(ge=-1, le=1))
+    # log-SOC per sd of TotalEvapotranspiration (from its cover's mean) times +1 / +0.5 / -0.5 / -1 for
+    # cropland / grassland / forest / wetland: a land cover x climate interaction
+    interaction: float = field(default=0.0, metadata=_range(ge=-1, le=1))
+    # sd of a smooth regional multiplier (over ~100 km) of the NPP history's slope: a nonstationary effect
+    nonstationary: float = field(default=0.0, metadata=_range(ge=0, le=2))
+    # hidden soil classes (parent material) with their own SOC offset, seen only through band shifts; 0: none
+    latent_classes: int = field(default=0, metadata=_range(ge=0, le=12))
+    crs: str = "EPSG:25832"  # CRS the rasters are written in: a projected CRS in metres, or EPSG:4326
+    # files of the rasters: single_band {band}/{year}.tif; multiband {year}.tif; tiled 2x2 tiles per file
+    layout: Literal["single_band", "multiband", "tiled"] = "single_band"
+
+    @property
+    def context_px(self) -> int:
+        """`context_km` in pixels of the yearly grid, rounded to the nearest odd number (ties upwards)."""
+        return 2 * math.floor(self.context_km * 1000.0 / self.resolution_m / 2.0) + 1
+
+    def world(self, name: str) -> SimulateConfig:
+        """The settings of world `name`: these, with the world's own overrides."""
+        if name not in self.worlds:
+            raise SocmapError(f"simulate.worlds has no world {name!r}: worlds are "
+                              f"{', '.join(self.worlds) or 'none (simulate.worlds is empty)'}")
+        return dataclasses.replace(self, **self.worlds[name])
 
 
 # --------------------------------------------------------------------------- stages
@@ -236,6 +272,8 @@ def params_to_dict(params: Any) -> dict:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(params)
@@ -286,6 +324,8 @@ def _coerce(tp: Any, value: Any, key: str, meta: Any) -> Any:
         return _coerce(inner, value, key, meta)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.")
+    if origin is dict:
+        return _worlds(value, key)
     if origin is Literal:
         if value not in args or isinstance(value, bool):  # True == 1: `tta: true` is not a number of views
             raise _Invalid(f"{key} = {value!r}: must be one of {', '.join(map(str, args))}")
@@ -297,6 +337,25 @@ def _coerce(tp: Any, value: Any, key: str, meta: Any) -> Any:
             raise _Invalid(f"{key} = {value!r}: must be a list of {meta['length']} values")
         return tuple(_coerce(args[0], v, f"{key}[{i}]", meta) for i, v in enumerate(value))
     return _scalar(tp, value, key, meta)
+
+
+def _worlds(value: Any, key: str) -> dict[str, dict[str, Any]]:
+    """`simulate.worlds`: each world's overrides, validated as the `simulate` keys they override."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"{key} = {value!r}: must be a mapping of world name to its settings, "
+                       "e.g. {synthetic: {}, steep: {context_km: 9}}; {} for none")
+    worlds = {}
+    for name, overrides in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise _Invalid(f"{key} has {name!r}: a world name is letters, digits, _ and - only")
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise _Invalid(f"{key}.{name} = {overrides!r}: must be a mapping of simulate keys, e.g. {{context_km: 9}}")
+        if "worlds" in overrides:
+            raise _Invalid(f"{key}.{name}.worlds: a world's settings cannot hold worlds")
+        built = _build(SimulateConfig, overrides, f"{key}.{name}.")
+        worlds[name] = {k: getattr(built, k) for k in overrides}
+    return worlds
 
 
 def _scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
@@ -359,22 +418,51 @@ def _check_consistency(p: Params) -> None:
     if p.split.test_ratio + p.split.target_val_ratio >= 1:
         raise _Invalid(f"split.test_ratio + split.target_val_ratio = "
                        f"{p.split.test_ratio + p.split.target_val_ratio:g}: must be < 1")
-    s = p.simulate
-    if s.first_year > s.last_year:
-        raise _Invalid(f"simulate.first_year = {s.first_year} is after simulate.last_year = {s.last_year}")
-    if s.static_resolution_m > s.resolution_m:
-        raise _Invalid(f"simulate.static_resolution_m = {s.static_resolution_m:g}: must be <= "
-                       f"simulate.resolution_m = {s.resolution_m:g} (the static band is the finer one)")
-    for world in s.worlds:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", world):
-            raise _Invalid(f"simulate.worlds has {world!r}: a world name is letters, digits, _ and - only")
-    ratio = s.resolution_m / s.static_resolution_m
-    if abs(ratio - round(ratio)) > 1e-9:
-        raise _Invalid(f"simulate.resolution_m / simulate.static_resolution_m = {ratio:g}: must be a whole number "
-                       "so that the two grids nest")
+    _check_simulate(p.simulate, "simulate.")
+    for name in p.simulate.worlds:
+        _check_simulate(p.simulate.world(name), f"simulate.worlds.{name}.")
     if not p.map.years:
         raise _Invalid("map.years is empty: give at least one year")
     for year in p.map.years:
         if not d.first_year + p.sample.time_before - 1 <= year <= d.last_year:
             raise _Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
                            f"..{d.last_year} so that its {p.sample.time_before}-year window fits the data")
+
+
+def _check_simulate(s: SimulateConfig, prefix: str) -> None:
+    """Checks of one world's settings that involve more than one key; `prefix` names the world."""
+    if s.first_year > s.last_year:
+        raise _Invalid(f"{prefix}first_year = {s.first_year} is after {prefix}last_year = {s.last_year}")
+    if s.static_resolution_m > s.resolution_m:
+        raise _Invalid(f"{prefix}static_resolution_m = {s.static_resolution_m:g}: must be <= "
+                       f"{prefix}resolution_m = {s.resolution_m:g} (the static band is the finer one)")
+    ratio = s.resolution_m / s.static_resolution_m
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise _Invalid(f"{prefix}resolution_m / {prefix}static_resolution_m = {ratio:g}: must be a whole number "
+                       "so that the two grids nest")
+    if s.context_px < 3:
+        raise _Invalid(f"{prefix}context_km = {s.context_km:g}: must span at least 3 pixels of "
+                       f"{prefix}resolution_m = {s.resolution_m:g} m (>= {2 * s.resolution_m / 1000:g} km)")
+    years = s.last_year - s.first_year + 1
+    if s.history_years > years:
+        raise _Invalid(f"{prefix}history_years = {s.history_years}: longer than the {years} years from "
+                       f"{prefix}first_year to {prefix}last_year")
+    if s.latent_classes == 1:
+        raise _Invalid(f"{prefix}latent_classes = 1: must be 0 (none) or 2 to 12")
+    _check_crs(s.crs, f"{prefix}crs")
+
+
+def _check_crs(crs: str, key: str) -> None:
+    """A CRS the simulation can build in (projected, in metres) or publish to by warping (EPSG:4326)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        parsed = CRS.from_user_input(crs)
+    except CRSError:
+        raise _Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
+                       "or EPSG:4326") from None
+    metric = parsed.is_projected and all(axis.unit_name == "metre" for axis in parsed.axis_info)
+    if not (metric or parsed.to_epsg() == 4326):
+        raise _Invalid(f"{key} = {crs!r}: must be a projected CRS in metres (e.g. EPSG:25832, EPSG:3035) "
+                       "or EPSG:4326")
