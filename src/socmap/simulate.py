@@ -480,9 +480,11 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
     if plots_dir is not None:
         from socmap.plots import plot_synthetic  # matplotlib only when pictures are asked for
 
-        looks = {(band, str(year)): yearly[year][band] for band in YEARLY_BANDS
-                 for year in {min(y for y in years if band in yearly[y]), max(y for y in years if band in yearly[y])}}
-        looks.update({(band, "static"): values for band, values in static.items()})
+        looks = {(band, "static"): values for band, values in static.items()}
+        for band in YEARLY_BANDS:  # its first and last published year
+            published_years = [year for year in years if band in yearly[year]]
+            for year in (published_years[0], published_years[-1]):
+                looks[(band, str(year))] = yearly[year][band]
         plot_synthetic(Path(plots_dir), looks, UNITS, coarse, cover, COVERS, table)
     log.info("simulated %d rows on a %d×%d grid: r2_full %.3f, r2_covariates %.3f", len(table),
              coarse.height, coarse.width, oracle["r2_full"], oracle["r2_covariates"])
