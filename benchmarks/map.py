@@ -46,10 +46,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.crs import CRS
 
 from socmap.config import Params, load_params, params_to_dict, replace
-from socmap.grid import GridSpec
 from socmap.intervals import fit_calibration
 from socmap.kriging import ResidualField, Variogram
 from socmap.blocks import region_window
@@ -60,7 +58,8 @@ from socmap.patches import fill_missing, fill_values
 from socmap.predict import Predictor
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
-from socmap.simulate import make_grids, simulate
+from socmap.landscape import make_grids
+from socmap.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 # ~130 × 72 km north of Munich: its western half still holds whole 256² blocks, so that both regions
@@ -189,9 +188,8 @@ def bavaria_pixels(resolution: float) -> int:
     grid, _ = make_grids(replace(params, **{"simulate.bbox": list(params.data.region.bbox),
                                             "simulate.resolution_m": resolution,
                                             "simulate.static_resolution_m": resolution}).simulate)
-    spec = GridSpec(CRS.from_epsg(25832), grid.transform, grid.width, grid.height)
     region = Region.from_config(params.data.region)
-    return int(sum(region.mask(spec, r, 0, min(512, grid.height - r), grid.width).sum()
+    return int(sum(region.mask(grid, r, 0, min(512, grid.height - r), grid.width).sum()
                    for r in range(0, grid.height, 512)))
 
 

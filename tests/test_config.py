@@ -72,10 +72,38 @@ def bad(key: str, value):
     ("simulate.latency_band", "NDVI", r"simulate\.latency_band = 'NDVI': must be one of LAI, LST"),
     ("simulate.static_resolution_m", 300, r"simulate\.resolution_m / simulate\.static_resolution_m = 3\.33333"),
     ("split.target_val_ratio", 0.95, r"split\.test_ratio \+ split\.target_val_ratio = 1\.05: must be < 1"),
+    ("simulate.worlds", ["synthetic"], r"simulate\.worlds = \['synthetic'\]: must be a mapping of world name to its settings"),
+    ("simulate.worlds", {"my world": {}}, r"simulate\.worlds has 'my world': a world name is letters, digits, _ and -"),
+    ("simulate.worlds.steep", 9, r"simulate\.worlds\.steep = 9: must be a mapping of simulate keys"),
+    ("simulate.worlds.steep.contex_km", 9,
+     r"unknown key simulate\.worlds\.steep\.contex_km; did you mean simulate\.worlds\.steep\.context_km\?"),
+    ("simulate.worlds.steep.aspect_effect", 3, r"simulate\.worlds\.steep\.aspect_effect = 3\.0: must be >= -1 and <= 1"),
+    ("simulate.worlds.steep.first_year", 2030,
+     r"simulate\.worlds\.steep\.first_year = 2030 is after simulate\.worlds\.steep\.last_year = 2023"),
+    ("simulate.worlds.steep.worlds", {}, r"simulate\.worlds\.steep\.worlds: a world's settings cannot hold worlds"),
+    ("simulate.context_km", 1.5, r"simulate\.context_km = 1\.5: must span at least 3 pixels of simulate\.resolution_m"),
+    ("simulate.history_years", 30, r"simulate\.history_years = 30: longer than the 17 years"),
+    ("simulate.history_weighting", "linear", r"simulate\.history_weighting = 'linear': must be one of uniform, recent"),
+    ("simulate.latent_classes", 1, r"simulate\.latent_classes = 1: must be 0 \(none\) or 2 to 12"),
+    ("simulate.crs", "EPSG:4258", r"simulate\.crs = 'EPSG:4258': must be a projected CRS in metres .* or EPSG:4326"),
+    ("simulate.crs", "EPSG:999999", r"simulate\.crs = 'EPSG:999999': not a CRS"),
+    ("simulate.layout", "cog", r"simulate\.layout = 'cog': must be one of single_band, multiband, tiled"),
 ])
 def test_bad_value_names_key_and_what_is_valid(key, value, message):
     with pytest.raises(SocmapError, match=message):
         params_from_dict(bad(key, value))
+
+
+def test_a_world_is_the_simulate_keys_with_its_own_overrides():
+    raw = bad("simulate.worlds", {"synthetic": {}, "steep": {"context_km": 9, "bbox": [11, 48, 12, 49]}})
+    simulate = params_from_dict(raw).simulate
+    assert simulate.world("synthetic") == simulate
+    steep = simulate.world("steep")
+    assert (steep.context_km, steep.bbox, steep.seed) == (9.0, (11.0, 48.0, 12.0, 49.0), simulate.seed)
+    assert params_to_dict(params_from_dict(raw))["simulate"]["worlds"]["steep"]["bbox"] == [11.0, 48.0, 12.0, 49.0]
+    with pytest.raises(SocmapError, match=r"simulate\.worlds has no world 'flat': worlds are synthetic, steep"):
+        simulate.world("flat")
+    assert params_from_dict(bad("simulate.worlds", {})).simulate.worlds == {}
 
 
 def test_replace_validates():

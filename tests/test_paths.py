@@ -45,8 +45,8 @@ def test_each_stage_declares_what_it_writes_and_reads(name):
 
 def test_the_simulated_world_is_where_the_default_params_read_it():
     simulate = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["simulate"]["do"]
-    assert str(paths.world_data("${item}")) in declared(simulate, "outs")
-    assert str(paths.world_plots("${item}")) in declared(simulate, "outs")
+    assert str(paths.world_data("${key}")) in declared(simulate, "outs")
+    assert str(paths.world_plots("${key}")) in declared(simulate, "outs")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]
     assert params["rasters"]["dir"] == str(paths.world_data() / paths.WORLD_RASTERS)
     assert params["points"]["path"] == str(paths.world_data() / paths.WORLD_POINTS)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -181,23 +182,46 @@ def test_queue_of_two_with_two_workers(project):
     assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=project).stdout) == {}
 
 
-def test_a_second_simulated_world_is_a_stage_of_its_own(tmp_path):
-    """simulate.worlds: each name is a stage writing data/<name>/ and plots/<name>/, apart from the others."""
+def test_each_world_is_a_stage_of_its_own_that_its_own_settings_rerun(tmp_path):
+    """simulate.worlds: each name is a stage writing data/<name>/ and plots/<name>/ with its overrides of
+    simulate.*; a change of one world's settings reruns that world only, a change of simulate.* every one."""
     repo = make_project(tmp_path / "socmap", tmp_path / "storage")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["simulate"]["worlds"] = ["synthetic", "alpine"]
+    params["simulate"]["worlds"] = {"synthetic": {}, "steep": {"context_km": 9, "aspect_effect": 0.2}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = run("dvc", "stage", "list", "--name-only", cwd=repo).stdout.split()
-    assert stages[:2] == ["simulate@synthetic", "simulate@alpine"]
-    run("dvc", "repro", "simulate@alpine", cwd=repo)
-    assert (repo / "data/alpine/points.csv").is_file() and (repo / "plots/alpine").is_dir()
-    assert not (repo / "data/synthetic").exists()
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert [out["path"] for out in lock["stages"]["simulate@alpine"]["outs"]] == ["data/alpine", "plots/alpine"]
+    assert stages[:2] == ["simulate@synthetic", "simulate@steep"]
+    run("dvc", "repro", "simulate@synthetic", "simulate@steep", cwd=repo)
+    for world in ("synthetic", "steep"):
+        assert (repo / f"data/{world}/points.csv").is_file() and (repo / f"plots/{world}/land_cover.png").is_file()
+    synthetic, steep = (pd.read_csv(repo / f"data/{world}/points.csv") for world in ("synthetic", "steep"))
+    sites = ["POINTID", "GPS_LONG", "GPS_LAT", "year"]
+    assert synthetic[sites].equals(steep[sites]) and not synthetic["OC"].equals(steep["OC"])  # same sites, other SOC
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["simulate@steep"]
+    assert [out["path"] for out in lock["outs"]] == ["data/steep", "plots/steep"]
+    assert lock["params"]["params.yaml"]["simulate.worlds.steep"] == {"context_km": 9, "aspect_effect": 0.2}
+
+    def stale_worlds(**change) -> set[str]:
+        edited = yaml.safe_load((repo / "params.yaml").read_text())
+        for key, value in change.items():
+            node = edited["simulate"]
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        status = json.loads(run("dvc", "status", "--json", cwd=repo).stdout)
+        return {stage for stage in status if stage.startswith("simulate@")}
+
+    assert stale_worlds() == set()
+    assert stale_worlds(**{"worlds.steep.aspect_effect": 0.3}) == {"simulate@steep"}
+    assert stale_worlds(noise=0.3) == {"simulate@synthetic", "simulate@steep"}
+    failed = run("socmap", "simulate", "--world", "flat", cwd=repo, check=False)
+    assert failed.returncode == 2 and "simulate.worlds has no world 'flat'" in failed.stderr
 
 
 def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
-    """Real data: point data.* at files added with `dvc add`, set simulate.worlds to [], and repro runs
+    """Real data: point data.* at files added with `dvc add`, set simulate.worlds to {}, and repro runs
     from sample without the simulation."""
     raw = project / "data" / "raw"
     shutil.copytree(project / "data" / "synthetic" / "rasters", raw / "rasters")
@@ -208,7 +232,7 @@ def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
     params["data"]["rasters"]["dir"] = "data/raw/rasters"
     params["data"]["points"]["path"] = "data/raw/lucas.csv"
     params["data"]["points"]["columns"].update(x="TH_LONG", y="TH_LAT")
-    params["simulate"]["worlds"] = []
+    params["simulate"]["worlds"] = {}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(project / "data" / "synthetic")
     assert "simulate" not in run("dvc", "stage", "list", cwd=project).stdout

@@ -13,11 +13,11 @@ import importlib
 import logging
 import sys
 
-from socmap import paths
 from socmap.errors import SocmapError
+from socmap.paths import DEFAULT_WORLD
 
 STAGES = {
-    "simulate": ("socmap.simulate", "write the simulated Bavaria to data/synthetic/"),
+    "simulate": ("socmap.simulate", "write a simulated Bavaria of simulate.worlds to data/<world>/"),
     "sample": ("socmap.sample", "extract one patch per survey row into data/processed/"),
     "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
     "train": ("socmap.train", "train one model per split run into models/"),
@@ -27,8 +27,7 @@ STAGES = {
 
 # Options of a stage beyond --params, passed to its main() as keyword arguments.
 STAGE_OPTIONS = {
-    "simulate": (("--out", str(paths.world_data()), "directory of the world"),
-                 ("--plots", str(paths.world_plots()), "directory of its quick-look pictures")),
+    "simulate": (("--world", DEFAULT_WORLD, "world of simulate.worlds, written to data/WORLD/ and plots/WORLD/"),),
 }
 
 

@@ -10,11 +10,8 @@ wrong types, values out of range and inconsistent combinations with a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -24,16 +21,13 @@ import yaml
 from socmap import paths
 from socmap.errors import SocmapError
 from socmap.kriging import SPACES
+from socmap.landscape import YEARLY_BANDS
 from socmap.losses import LOSSES
 from socmap.models import MODELS
 from socmap.transforms import TRANSFORMS, VIEWS
+from socmap.validation import Invalid, bounds, build
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
-
-
-def _range(**bounds: float) -> dict:
-    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers; length for sequences."""
-    return bounds
 
 
 # --------------------------------------------------------------------------- data
@@ -65,13 +59,13 @@ class PointsConfig:
     crs: str = "EPSG:4326"  # used where the file itself carries no CRS
     columns: ColumnsConfig = ColumnsConfig()
     unit: Literal["g/kg", "%"] = "g/kg"
-    year: Optional[int] = field(default=None, metadata=_range(ge=1900, le=2100))  # single survey year
+    year: Optional[int] = field(default=None, metadata=bounds(ge=1900, le=2100))  # single survey year
     layer: Optional[str] = None  # layer of a GeoPackage with several
 
 
 @dataclass(frozen=True)
 class RegionConfig:
-    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))
+    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=bounds(length=4))
     boundary: Optional[str] = None  # polygon file; overrides bbox
 
 
@@ -82,11 +76,11 @@ class DataConfig:
         "Elevation", "LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration",
     )
     static_bands: tuple[str, ...] = ("Elevation",)
-    first_year: int = field(default=2007, metadata=_range(ge=1900, le=2100))
-    last_year: int = field(default=2023, metadata=_range(ge=1900, le=2100))
+    first_year: int = field(default=2007, metadata=bounds(ge=1900, le=2100))
+    last_year: int = field(default=2023, metadata=bounds(ge=1900, le=2100))
     points: PointsConfig = PointsConfig()
     region: RegionConfig = RegionConfig()
-    max_target: float = field(default=150.0, metadata=_range(gt=0))  # g/kg
+    max_target: float = field(default=150.0, metadata=bounds(gt=0))  # g/kg
 
     @property
     def yearly_bands(self) -> tuple[str, ...]:
@@ -102,22 +96,57 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    worlds: tuple[str, ...] = ("synthetic",)  # one `simulate@<name>` stage each, writing data/<name>/; [] with real data
-    seed: int = field(default=0, metadata=_range(ge=0))
-    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=_range(length=4))  # lon/lat
-    resolution_m: float = field(default=1000.0, metadata=_range(ge=50))  # yearly bands
-    static_resolution_m: float = field(default=500.0, metadata=_range(ge=25))  # Elevation, finer
-    first_year: int = field(default=2007, metadata=_range(ge=1900, le=2100))
-    last_year: int = field(default=2023, metadata=_range(ge=1900, le=2100))
-    sites: int = field(default=2600, metadata=_range(ge=10))
-    lucas_share: float = field(default=0.35, metadata=_range(ge=0, le=1))  # sites revisited in lucas_years
+    """`simulate`: the simulated Bavaria. The keys from `context_km` on make it a family of worlds that
+    differ in how SOC arises and how the rasters are published; their defaults write the default world."""
+
+    # world name -> its own settings (overrides of the keys below); a simulate@<name> stage each, writing
+    # data/<name>/; {} with real data
+    worlds: dict[str, dict[str, Any]] = field(default_factory=lambda: {paths.DEFAULT_WORLD: {}},
+                                               metadata={"parse": lambda value, key: _worlds(value, key)})
+    seed: int = field(default=0, metadata=bounds(ge=0))
+    bbox: tuple[float, ...] = field(default=BAVARIA_BBOX, metadata=bounds(length=4))  # lon/lat
+    resolution_m: float = field(default=1000.0, metadata=bounds(ge=50))  # yearly bands
+    static_resolution_m: float = field(default=500.0, metadata=bounds(ge=25))  # Elevation, finer
+    first_year: int = field(default=2007, metadata=bounds(ge=1900, le=2100))
+    last_year: int = field(default=2023, metadata=bounds(ge=1900, le=2100))
+    sites: int = field(default=2600, metadata=bounds(ge=10))
+    lucas_share: float = field(default=0.35, metadata=bounds(ge=0, le=1))  # sites revisited in lucas_years
     lucas_years: tuple[int, ...] = (2009, 2015, 2018)
-    dirty_share: float = field(default=0.02, metadata=_range(ge=0, le=0.5))
-    nodata_share: float = field(default=0.004, metadata=_range(ge=0, le=0.5))  # clouds, snow
-    latency_band: Optional[Literal["LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration"]] = (
-        "SoilEvaporation"  # this yearly band misses its last year (product latency)
-    )
-    noise: float = field(default=0.2, metadata=_range(ge=0, le=2))  # measurement noise (sd of log)
+    dirty_share: float = field(default=0.02, metadata=bounds(ge=0, le=0.5))
+    nodata_share: float = field(default=0.004, metadata=bounds(ge=0, le=0.5))  # clouds, snow
+    latency_band: Optional[Literal[YEARLY_BANDS]] = "SoilEvaporation"  # misses its last year (product latency)
+    noise: float = field(default=0.2, metadata=bounds(ge=0, le=2))  # measurement noise (sd of log)
+    # side (km) of the neighbourhood TPI is taken over, in the nearest odd number of pixels: how wide a
+    # spatial context SOC depends on (the window a CNN needs)
+    context_km: float = field(default=5.0, metadata=bounds(gt=0))
+    # years of NPP (the survey year and those before) in the history term: how long a memory the LSTM needs
+    history_years: int = field(default=5, metadata=bounds(ge=1, le=50))
+    # their weights: uniform, or recent (w_k ∝ 2^-k, k years before the survey)
+    history_weighting: Literal["uniform", "recent"] = "uniform"
+    # log-SOC per sd of northness (cos of aspect; > 0: north-facing slopes hold more): a direction effect
+    aspect_effect: float = field(default=0.0, metadata=bounds(ge=-1, le=1))
+    # log-SOC per sd of TotalEvapotranspiration (from its cover's mean) times +1 / +0.5 / -0.5 / -1 for
+    # cropland / grassland / forest / wetland: a land cover x climate interaction
+    interaction: float = field(default=0.0, metadata=bounds(ge=-1, le=1))
+    # sd of a smooth regional multiplier (over ~100 km) of the NPP history's slope: a nonstationary effect
+    nonstationary: float = field(default=0.0, metadata=bounds(ge=0, le=2))
+    # hidden soil classes (parent material) with their own SOC offset, seen only through band shifts; 0: none
+    latent_classes: int = field(default=0, metadata=bounds(ge=0, le=12))
+    crs: str = "EPSG:25832"  # CRS the rasters are written in: a projected CRS in metres, or EPSG:4326
+    # files of the rasters: single_band {band}/{year}.tif; multiband {year}.tif; tiled 2x2 tiles per file
+    layout: Literal["single_band", "multiband", "tiled"] = "single_band"
+
+    @property
+    def context_px(self) -> int:
+        """`context_km` in pixels of the yearly grid, rounded to the nearest odd number (ties upwards)."""
+        return 2 * math.floor(self.context_km * 1000.0 / self.resolution_m / 2.0) + 1
+
+    def world(self, name: str) -> SimulateConfig:
+        """The settings of world `name`: these, with the world's own overrides."""
+        if name not in self.worlds:
+            raise SocmapError(f"simulate.worlds has no world {name!r}: worlds are "
+                              f"{', '.join(self.worlds) or 'none (simulate.worlds is empty)'}")
+        return dataclasses.replace(self, **self.worlds[name])
 
 
 # --------------------------------------------------------------------------- stages
@@ -125,76 +154,76 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    window_size: int = field(default=5, metadata=_range(ge=1, le=101, odd=True))
-    time_before: int = field(default=5, metadata=_range(ge=1, le=50))
+    window_size: int = field(default=5, metadata=bounds(ge=1, le=101, odd=True))
+    time_before: int = field(default=5, metadata=bounds(ge=1, le=50))
     early_years: Literal["drop", "fill"] = "drop"
     fill: Literal["mean", "zero"] = "mean"  # value for nodata pixels and pixels beyond the edge
-    min_valid_fraction: float = field(default=0.5, metadata=_range(ge=0, le=1))
+    min_valid_fraction: float = field(default=0.5, metadata=bounds(ge=0, le=1))
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    seed: int = field(default=0, metadata=_range(ge=0))
+    seed: int = field(default=0, metadata=bounds(ge=0))
     mode: Literal["holdout", "kfold"] = "holdout"
-    folds: int = field(default=5, metadata=_range(ge=2, le=50))
-    test_ratio: float = field(default=0.1, metadata=_range(gt=0, lt=1))
-    target_val_ratio: float = field(default=0.08, metadata=_range(gt=0, lt=1))
-    distance_threshold: float = field(default=1.2, metadata=_range(ge=0))  # km
-    test_block_km: float = field(default=20.0, metadata=_range(gt=0))
-    strata: int = field(default=10, metadata=_range(ge=1, le=100))  # target quantile strata of validation
+    folds: int = field(default=5, metadata=bounds(ge=2, le=50))
+    test_ratio: float = field(default=0.1, metadata=bounds(gt=0, lt=1))
+    target_val_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))
+    distance_threshold: float = field(default=1.2, metadata=bounds(ge=0))  # km
+    test_block_km: float = field(default=20.0, metadata=bounds(gt=0))
+    strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of validation
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: Literal[MODELS] = "refitted_cov_lstm"
     loss_type: Literal[LOSSES] = "composite_l2"
-    loss_alpha: float = field(default=0.5, metadata=_range(ge=0, le=1))
-    loss_sigma: float = field(default=3.0, metadata=_range(gt=0))  # g/kg, floor of the per-row uncertainty
-    loss_sigma_relative: float = field(default=0.1, metadata=_range(ge=0))  # share of OC added to sigma
+    loss_alpha: float = field(default=0.5, metadata=bounds(ge=0, le=1))
+    loss_sigma: float = field(default=3.0, metadata=bounds(gt=0))  # g/kg, floor of the per-row uncertainty
+    loss_sigma_relative: float = field(default=0.1, metadata=bounds(ge=0))  # share of OC added to sigma
     target_transform: Literal[TRANSFORMS] = "normalize"
-    lr: float = field(default=2e-3, metadata=_range(gt=0, le=1))
-    weight_decay: float = field(default=1e-4, metadata=_range(ge=0))
+    lr: float = field(default=2e-3, metadata=bounds(gt=0, le=1))
+    weight_decay: float = field(default=1e-4, metadata=bounds(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    batch_size: int = field(default=256, metadata=_range(ge=1))
-    epochs: int = field(default=60, metadata=_range(ge=1))
-    patience: int = field(default=15, metadata=_range(ge=0))  # epochs without improvement; 0: off
-    grad_clip: float = field(default=1.0, metadata=_range(ge=0))  # max gradient norm; 0: off
-    num_runs: int = field(default=5, metadata=_range(ge=1, le=100))
+    batch_size: int = field(default=256, metadata=bounds(ge=1))
+    epochs: int = field(default=60, metadata=bounds(ge=1))
+    patience: int = field(default=15, metadata=bounds(ge=0))  # epochs without improvement; 0: off
+    grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
+    num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
     augment: bool = True  # random rotations and mirrors of the window in every training batch
     tta: Literal[tuple(VIEWS)] = 4  # window symmetries averaged in validation and every prediction
     balanced: bool = True
-    balance_bins: int = field(default=128, metadata=_range(ge=1))
-    balance_fraction: float = field(default=0.75, metadata=_range(gt=0, le=1))
-    hidden_size: int = field(default=64, metadata=_range(ge=1))  # 128 in the original: overfits ~3000 rows
-    num_layers: int = field(default=2, metadata=_range(ge=1, le=8))
-    dropout: float = field(default=0.25, metadata=_range(ge=0, lt=1))
-    seed: int = field(default=0, metadata=_range(ge=0))
+    balance_bins: int = field(default=128, metadata=bounds(ge=1))
+    balance_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))
+    hidden_size: int = field(default=64, metadata=bounds(ge=1))  # 128 in the original: overfits ~3000 rows
+    num_layers: int = field(default=2, metadata=bounds(ge=1, le=8))
+    dropout: float = field(default=0.25, metadata=bounds(ge=0, lt=1))
+    seed: int = field(default=0, metadata=bounds(ge=0))
     # fp32: full precision; fp16 / bf16 on GPU only. Not "no": `dvc exp run -S` writes it unquoted, YAML reads False
     mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    threads: int = field(default=1, metadata=_range(ge=0))  # torch CPU threads per process; 0: one per core
-    num_processes: int = field(default=1, metadata=_range(ge=1))  # >1: accelerate launch
+    threads: int = field(default=1, metadata=bounds(ge=0))  # torch CPU threads per process; 0: one per core
+    num_processes: int = field(default=1, metadata=bounds(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
-    checkpoint_every: int = field(default=1, metadata=_range(ge=1))  # epochs between resume checkpoints
+    checkpoint_every: int = field(default=1, metadata=bounds(ge=1))  # epochs between resume checkpoints
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    interval: float = field(default=0.9, metadata=_range(gt=0, lt=1))
-    bootstrap: int = field(default=1000, metadata=_range(ge=0))
-    rf_trees: int = field(default=300, metadata=_range(ge=1))
-    rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=_range(ge=1))  # tuned on validation
-    seed: int = field(default=0, metadata=_range(ge=0))
-    batch_size: int = field(default=2048, metadata=_range(ge=1))
+    interval: float = field(default=0.9, metadata=bounds(gt=0, lt=1))
+    bootstrap: int = field(default=1000, metadata=bounds(ge=0))
+    rf_trees: int = field(default=300, metadata=bounds(ge=1))
+    rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=bounds(ge=1))  # tuned on validation
+    seed: int = field(default=0, metadata=bounds(ge=0))
+    batch_size: int = field(default=2048, metadata=bounds(ge=1))
     kriging: Literal[SPACES] = "log"  # regression kriging of each run's training residuals
-    kriging_neighbours: int = field(default=16, metadata=_range(ge=1))  # nearest training rows per system
+    kriging_neighbours: int = field(default=16, metadata=bounds(ge=1))  # nearest training rows per system
 
 
 @dataclass(frozen=True)
 class MapConfig:
     years: tuple[int, ...] = (2023,)
-    block_size: int = field(default=256, metadata=_range(ge=16))  # pixels per side of a streamed block
-    batch_size: int = field(default=4096, metadata=_range(ge=1))
-    num_processes: int = field(default=1, metadata=_range(ge=1))
+    block_size: int = field(default=256, metadata=bounds(ge=16))  # pixels per side of a streamed block
+    batch_size: int = field(default=4096, metadata=bounds(ge=1))
+    num_processes: int = field(default=1, metadata=bounds(ge=1))
     launch_args: str = ""
 
 
@@ -227,9 +256,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def params_from_dict(raw: Any, source: str = "params") -> Params:
     """Build `Params` from a nested dict (as in params.yaml), validating every key."""
     try:
-        params = _build(Params, raw, "")
+        params = build(Params, raw, "")
         _check_consistency(params)
-    except _Invalid as exc:
+    except Invalid as exc:
         raise SocmapError(f"{source}: {exc}") from None
     return params
 
@@ -241,6 +270,8 @@ def params_to_dict(params: Any) -> dict:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(params)
@@ -275,128 +306,102 @@ def params_subset(params: Params, keys: tuple[str, ...]) -> dict:
     return picked
 
 
-class _Invalid(Exception):
-    pass
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise _Invalid(f"{prefix or 'the file'} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
-            raise _Invalid(f"unknown key {prefix}{key}{hint}")
-    values = {}
-    for name, f in fields.items():
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", f.metadata)
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str, meta: Any) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, meta)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{key}.")
-    if origin is Literal:
-        if value not in args or isinstance(value, bool):  # True == 1: `tta: true` is not a number of views
-            raise _Invalid(f"{key} = {value!r}: must be one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _Invalid(f"{key} = {value!r}: must be a list")
-        if "length" in meta and len(value) != meta["length"]:
-            raise _Invalid(f"{key} = {value!r}: must be a list of {meta['length']} values")
-        return tuple(_coerce(args[0], v, f"{key}[{i}]", meta) for i, v in enumerate(value))
-    return _scalar(tp, value, key, meta)
-
-
-def _scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[tp]
-    if not ok:
-        raise _Invalid(f"{key} = {value!r}: must be {names[tp]}")
-    if tp is float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise _Invalid(f"{key} = {value!r}: must be a finite number")
-    if tp in (int, float):
-        checks = {
-            "ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-            "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<"),
-        }
-        bounds = [(op, meta[name]) for name, op in checks.items() if name in meta]
-        if not all(test(value, bound) for (test, _), bound in bounds):
-            valid = " and ".join(f"{sym} {bound}" for (_, sym), bound in bounds)
-            raise _Invalid(f"{key} = {value!r}: must be {valid}")
-        if meta.get("odd") and value % 2 == 0:
-            raise _Invalid(f"{key} = {value!r}: must be odd, so that the window has a centre pixel")
-    return value
+def _worlds(value: Any, key: str) -> dict[str, dict[str, Any]]:
+    """`simulate.worlds`: each world's overrides, validated as the `simulate` keys they override."""
+    if not isinstance(value, dict):
+        raise Invalid(f"{key} = {value!r}: must be a mapping of world name to its settings, "
+                       "e.g. {synthetic: {}, steep: {context_km: 9}}; {} for none")
+    worlds = {}
+    for name, overrides in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise Invalid(f"{key} has {name!r}: a world name is letters, digits, _ and - only")
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise Invalid(f"{key}.{name} = {overrides!r}: must be a mapping of simulate keys, e.g. {{context_km: 9}}")
+        if "worlds" in overrides:
+            raise Invalid(f"{key}.{name}.worlds: a world's settings cannot hold worlds")
+        built = build(SimulateConfig, overrides, f"{key}.{name}.")
+        worlds[name] = {k: getattr(built, k) for k in overrides}
+    return worlds
 
 
 def _check_consistency(p: Params) -> None:
     """Checks that involve more than one key."""
     d = p.data
     if d.first_year > d.last_year:
-        raise _Invalid(f"data.first_year = {d.first_year} is after data.last_year = {d.last_year}")
+        raise Invalid(f"data.first_year = {d.first_year} is after data.last_year = {d.last_year}")
     if not d.bands or len(set(d.bands)) != len(d.bands):
-        raise _Invalid(f"data.bands = {list(d.bands)!r}: must be a non-empty list of distinct names")
+        raise Invalid(f"data.bands = {list(d.bands)!r}: must be a non-empty list of distinct names")
     unknown = [b for b in d.static_bands if b not in d.bands]
     if unknown:
-        raise _Invalid(f"data.static_bands = {list(d.static_bands)!r}: {unknown[0]!r} is not in data.bands "
+        raise Invalid(f"data.static_bands = {list(d.static_bands)!r}: {unknown[0]!r} is not in data.bands "
                        f"({', '.join(d.bands)})")
     if d.rasters.reference is not None and d.rasters.reference not in d.bands:
-        raise _Invalid(f"data.rasters.reference = {d.rasters.reference!r}: must be one of data.bands "
+        raise Invalid(f"data.rasters.reference = {d.rasters.reference!r}: must be one of data.bands "
                        f"({', '.join(d.bands)}) or null")
     for key in ("yearly", "static"):
         pattern = getattr(d.rasters, key)
         needed = ("{band}", "{year}") if key == "yearly" else ("{band}",)
         if not all(n in pattern for n in needed):
-            raise _Invalid(f"data.rasters.{key} = {pattern!r}: must contain {' and '.join(needed)}")
+            raise Invalid(f"data.rasters.{key} = {pattern!r}: must contain {' and '.join(needed)}")
     for section, bbox in (("data.region.bbox", d.region.bbox), ("simulate.bbox", p.simulate.bbox)):
         west, south, east, north = bbox
         if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-            raise _Invalid(f"{section} = {list(bbox)!r}: must be [west, south, east, north] in degrees "
+            raise Invalid(f"{section} = {list(bbox)!r}: must be [west, south, east, north] in degrees "
                            "with west < east and south < north")
     if d.points.columns.year is None and d.points.columns.date is None and d.points.year is None:
-        raise _Invalid("data.points.columns.year is null: set data.points.columns.date or data.points.year")
+        raise Invalid("data.points.columns.year is null: set data.points.columns.date or data.points.year")
     if p.sample.time_before > len(d.years):
-        raise _Invalid(f"sample.time_before = {p.sample.time_before}: longer than the {len(d.years)} years "
+        raise Invalid(f"sample.time_before = {p.sample.time_before}: longer than the {len(d.years)} years "
                        f"from data.first_year to data.last_year")
     if p.split.test_ratio + p.split.target_val_ratio >= 1:
-        raise _Invalid(f"split.test_ratio + split.target_val_ratio = "
+        raise Invalid(f"split.test_ratio + split.target_val_ratio = "
                        f"{p.split.test_ratio + p.split.target_val_ratio:g}: must be < 1")
-    s = p.simulate
-    if s.first_year > s.last_year:
-        raise _Invalid(f"simulate.first_year = {s.first_year} is after simulate.last_year = {s.last_year}")
-    if s.static_resolution_m > s.resolution_m:
-        raise _Invalid(f"simulate.static_resolution_m = {s.static_resolution_m:g}: must be <= "
-                       f"simulate.resolution_m = {s.resolution_m:g} (the static band is the finer one)")
-    for world in s.worlds:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", world):
-            raise _Invalid(f"simulate.worlds has {world!r}: a world name is letters, digits, _ and - only")
-    ratio = s.resolution_m / s.static_resolution_m
-    if abs(ratio - round(ratio)) > 1e-9:
-        raise _Invalid(f"simulate.resolution_m / simulate.static_resolution_m = {ratio:g}: must be a whole number "
-                       "so that the two grids nest")
+    _check_simulate(p.simulate, "simulate.")
+    for name in p.simulate.worlds:
+        _check_simulate(p.simulate.world(name), f"simulate.worlds.{name}.")
     if not p.map.years:
-        raise _Invalid("map.years is empty: give at least one year")
+        raise Invalid("map.years is empty: give at least one year")
     for year in p.map.years:
         if not d.first_year + p.sample.time_before - 1 <= year <= d.last_year:
-            raise _Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
+            raise Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
                            f"..{d.last_year} so that its {p.sample.time_before}-year window fits the data")
+
+
+def _check_simulate(s: SimulateConfig, prefix: str) -> None:
+    """Checks of one world's settings that involve more than one key; `prefix` names the world."""
+    if s.first_year > s.last_year:
+        raise Invalid(f"{prefix}first_year = {s.first_year} is after {prefix}last_year = {s.last_year}")
+    if s.static_resolution_m > s.resolution_m:
+        raise Invalid(f"{prefix}static_resolution_m = {s.static_resolution_m:g}: must be <= "
+                       f"{prefix}resolution_m = {s.resolution_m:g} (the static band is the finer one)")
+    ratio = s.resolution_m / s.static_resolution_m
+    if abs(ratio - round(ratio)) > 1e-9:
+        raise Invalid(f"{prefix}resolution_m / {prefix}static_resolution_m = {ratio:g}: must be a whole number "
+                       "so that the two grids nest")
+    if s.context_px < 3:
+        raise Invalid(f"{prefix}context_km = {s.context_km:g}: must span at least 3 pixels of "
+                       f"{prefix}resolution_m = {s.resolution_m:g} m (>= {2 * s.resolution_m / 1000:g} km)")
+    years = s.last_year - s.first_year + 1
+    if s.history_years > years:
+        raise Invalid(f"{prefix}history_years = {s.history_years}: longer than the {years} years from "
+                       f"{prefix}first_year to {prefix}last_year")
+    if s.latent_classes == 1:
+        raise Invalid(f"{prefix}latent_classes = 1: must be 0 (none) or 2 to 12")
+    _check_crs(s.crs, f"{prefix}crs")
+
+
+def _check_crs(crs: str, key: str) -> None:
+    """A CRS the simulation can build in (projected, in metres) or publish to by warping (EPSG:4326)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        parsed = CRS.from_user_input(crs)
+    except CRSError:
+        raise Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
+                       "or EPSG:4326") from None
+    metric = parsed.is_projected and all(axis.unit_name == "metre" for axis in parsed.axis_info)
+    if not (metric or parsed.to_epsg() == 4326):
+        raise Invalid(f"{key} = {crs!r}: must be a projected CRS in metres (e.g. EPSG:25832, EPSG:3035) "
+                       "or EPSG:4326")

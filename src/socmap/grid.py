@@ -25,6 +25,11 @@ class GridSpec:
     width: int
     height: int
 
+    @classmethod
+    def north_up(cls, crs: str | CRS, west: float, north: float, res: float, width: int, height: int) -> GridSpec:
+        """A grid of square `res` pixels, `width` × `height`, whose upper-left corner is (west, north)."""
+        return cls(CRS.from_user_input(crs), Affine(res, 0.0, west, 0.0, -res, north), width, height)
+
     @property
     def res(self) -> tuple[float, float]:
         """Pixel size (x, y), positive, in CRS units."""

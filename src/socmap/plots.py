@@ -14,28 +14,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 
-from socmap import paths  # noqa: E402
+from socmap.grid import NODATA  # noqa: E402
 from socmap.io import atomic_path  # noqa: E402
 from socmap.kriging import MAX_LAG_KM, ResidualField, empirical_variogram  # noqa: E402
 from socmap.metrics import UNIT  # noqa: E402
 
 
-def plot_synthetic(world: Path, out_dir: Path, grid, cover: np.ndarray, cover_names: tuple[str, ...],
-                   table: pd.DataFrame) -> None:
-    """A PNG per band for the first and last year, and one of the hidden land cover with the survey sites."""
+def plot_synthetic(out_dir: Path, rasters: dict[tuple[str, str], np.ndarray], units: dict[str, str], grid,
+                   cover: np.ndarray, cover_names: tuple[str, ...], table: pd.DataFrame) -> None:
+    """A PNG per raster as written, keyed (band, year or "static"), nodata masked; and one of the
+    hidden land cover with the survey sites on `grid`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for band_dir in sorted((world / paths.WORLD_RASTERS).iterdir()):
-        files = sorted(band_dir.glob("*.tif"))
-        for path in {files[0], files[-1]}:
-            with rasterio.open(path) as src:
-                values = src.read(1, masked=True)
-                unit = src.units[0] or ""
-            fig, ax = plt.subplots(figsize=(6, 5.5))
-            image = ax.imshow(values, cmap="terrain" if band_dir.name == "Elevation" else "viridis")
-            fig.colorbar(image, ax=ax, shrink=0.8, label=f"{band_dir.name} ({unit})")
-            ax.set_title(f"{band_dir.name}, {path.stem} (simulated)")
-            ax.set_axis_off()
-            save_figure(fig, out_dir / f"{band_dir.name}_{path.stem}.png")
+    for (band, label), raster in rasters.items():
+        values = np.ma.masked_equal(raster, NODATA)
+        fig, ax = plt.subplots(figsize=(6, 5.5))
+        image = ax.imshow(values, cmap="terrain" if band == "Elevation" else "viridis")
+        fig.colorbar(image, ax=ax, shrink=0.8, label=f"{band} ({units[band]})")
+        ax.set_title(f"{band}, {label} (simulated)")
+        ax.set_axis_off()
+        save_figure(fig, out_dir / f"{band}_{label}.png")
     fig, ax = plt.subplots(figsize=(6, 5.5))
     image = ax.imshow(cover, cmap=matplotlib.colors.ListedColormap(["#e6c35c", "#9ad36a", "#2f6b34", "#6b4b8a"]),
                       vmin=-0.5, vmax=len(cover_names) - 0.5)
