@@ -56,12 +56,12 @@ def test_an_input_error_of_a_stage_is_one_line_naming_what_to_fix(tmp_path):
 def test_ctrl_c_stops_a_stage_with_exit_code_130_and_no_half_written_output(tmp_path):
     """The default simulated Bavaria takes seconds to write: interrupted while its rasters are being written."""
     command = [sys.executable, "-m", "socmap.cli", "--params", str(ROOT / "params.yaml"), "simulate",
-               "--out", "world/synthetic", "--plots", "world/plots"]
+               "--world", "synthetic"]
     stage = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ENV)
     try:
         deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("world/.synthetic.*.tmp/synthetic/rasters/*/*.tif")):
+        while not list(tmp_path.glob("data/.synthetic.*.tmp/synthetic/rasters/*/*.tif")):
             assert stage.poll() is None, stage.communicate()
             assert time.monotonic() < deadline, "simulate wrote no raster within 120 s"
             time.sleep(0.01)
@@ -71,4 +71,4 @@ def test_ctrl_c_stops_a_stage_with_exit_code_130_and_no_half_written_output(tmp_
         stage.kill()
     assert stage.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "socmap simulate: interrupted" and "Traceback" not in stderr
-    assert os.listdir(tmp_path / "world") == []  # neither the half-written world nor its temporary folder
+    assert os.listdir(tmp_path / "data") == []  # neither the half-written world nor its temporary folder

@@ -1,8 +1,10 @@
 """`params.yaml`, loaded into typed, frozen objects and validated before any work starts.
 
 Every section of the file is a dataclass below; the field's type says what
-the value may be (``Literal`` lists the choices, taken from the modules that
-implement them) and its ``metadata`` gives ranges. ``load_params`` rejects unknown keys (naming the nearest valid one),
+the value may be (``Literal`` lists the choices: the one list of them, which the
+modules that implement them read with `choices`) and its ``metadata`` gives
+ranges. This module imports no implementation, so that a stage's code (and its
+dvc.yaml deps) is the stage's own import closure. ``load_params`` rejects unknown keys (naming the nearest valid one),
 wrong types, values out of range and inconsistent combinations with a
 `SocmapError` that names the key, the value and what is valid.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -20,11 +23,6 @@ import yaml
 
 from socmap import paths
 from socmap.errors import SocmapError
-from socmap.kriging import SPACES
-from socmap.landscape import YEARLY_BANDS
-from socmap.losses import LOSSES
-from socmap.models import MODELS
-from socmap.transforms import TRANSFORMS, VIEWS
 from socmap.validation import Invalid, bounds, build
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
@@ -114,7 +112,9 @@ class SimulateConfig:
     lucas_years: tuple[int, ...] = (2009, 2015, 2018)
     dirty_share: float = field(default=0.02, metadata=bounds(ge=0, le=0.5))
     nodata_share: float = field(default=0.004, metadata=bounds(ge=0, le=0.5))  # clouds, snow
-    latency_band: Optional[Literal[YEARLY_BANDS]] = "SoilEvaporation"  # misses its last year (product latency)
+    # the simulated yearly bands; this one misses its last year (product latency)
+    latency_band: Optional[Literal["LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration"]] = (
+        "SoilEvaporation")
     noise: float = field(default=0.2, metadata=bounds(ge=0, le=2))  # measurement noise (sd of log)
     # side (km) of the neighbourhood TPI is taken over, in the nearest odd number of pixels: how wide a
     # spatial context SOC depends on (the window a CNN needs)
@@ -175,12 +175,12 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal[MODELS] = "refitted_cov_lstm"
-    loss_type: Literal[LOSSES] = "composite_l2"
+    model: Literal["refitted_cov_lstm", "cnn", "lstm"] = "refitted_cov_lstm"
+    loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
     loss_alpha: float = field(default=0.5, metadata=bounds(ge=0, le=1))
     loss_sigma: float = field(default=3.0, metadata=bounds(gt=0))  # g/kg, floor of the per-row uncertainty
     loss_sigma_relative: float = field(default=0.1, metadata=bounds(ge=0))  # share of OC added to sigma
-    target_transform: Literal[TRANSFORMS] = "normalize"
+    target_transform: Literal["none", "log", "normalize"] = "normalize"
     lr: float = field(default=2e-3, metadata=bounds(gt=0, le=1))
     weight_decay: float = field(default=1e-4, metadata=bounds(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
@@ -190,7 +190,7 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
     augment: bool = True  # random rotations and mirrors of the window in every training batch
-    tta: Literal[tuple(VIEWS)] = 4  # window symmetries averaged in validation and every prediction
+    tta: Literal[1, 2, 4, 8] = 4  # window symmetries averaged in validation and every prediction
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=bounds(ge=1))
     balance_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))
@@ -214,7 +214,7 @@ class EvaluateConfig:
     rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=bounds(ge=1))  # tuned on validation
     seed: int = field(default=0, metadata=bounds(ge=0))
     batch_size: int = field(default=2048, metadata=bounds(ge=1))
-    kriging: Literal[SPACES] = "log"  # regression kriging of each run's training residuals
+    kriging: Literal["log", "linear", "none"] = "log"  # regression kriging of each run's training residuals
     kriging_neighbours: int = field(default=16, metadata=bounds(ge=1))  # nearest training rows per system
 
 
@@ -284,6 +284,14 @@ def replace(params: Params, **dotted: Any) -> Params:
         parent, _, last = key.rpartition(".")
         (lookup(raw, parent) if parent else raw)[last] = value
     return params_from_dict(raw)
+
+
+def choices(section: type, key: str) -> tuple:
+    """The values a key of a params section may take (``choices(TrainConfig, "model")``): its Literal."""
+    hint = typing.get_type_hints(section)[key]
+    if typing.get_origin(hint) is not Literal:  # Optional[Literal[...]]
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return typing.get_args(hint)
 
 
 def lookup(tree: dict, key: str) -> Any:

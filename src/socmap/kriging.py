@@ -32,10 +32,11 @@ import numpy as np
 from scipy.optimize import curve_fit
 from scipy.spatial import cKDTree
 
+from socmap.config import EvaluateConfig, choices
 from socmap.errors import SocmapError
 from socmap.io import atomic_path
 
-SPACES = ("log", "linear", "none")  # evaluate.kriging's choices
+SPACES = choices(EvaluateConfig, "kriging")
 FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
 MAX_LAG_KM, LAG_KM = 60.0, 2.0  # the empirical variogram: pairs closer than MAX_LAG_KM in LAG_KM bins
 MIN_PAIRS = 30  # lag bins with fewer pairs are left out of the fit

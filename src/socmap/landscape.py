@@ -8,22 +8,18 @@ products are. `socmap.simulate` draws the survey rows and their SOC on it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from scipy import ndimage
 
+from socmap.config import SimulateConfig, choices
 from socmap.grid import GridSpec
-
-if TYPE_CHECKING:
-    from socmap.config import SimulateConfig
 
 BUILD_CRS = "EPSG:25832"  # the metric CRS a world published in lon/lat is built in
 METRES_PER_DEGREE = 111319.49079327357  # Earth Engine's metres per degree: the pixel of a lon/lat export
 COVERS = ("cropland", "grassland", "forest", "wetland")
-YEARLY_BANDS = ("LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration")
+YEARLY_BANDS = choices(SimulateConfig, "latency_band")
 STATIC_BANDS = ("Elevation",)
 UNITS = {
     "Elevation": "m",

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from socmap.config import TrainConfig, choices
 from socmap.errors import SocmapError
 from socmap.transforms import TargetTransform
 
-LOSSES = ("l1", "mse", "composite_l1", "composite_l2")  # train.loss_type's choices
+LOSSES = choices(TrainConfig, "loss_type")
 
 
 def row_sigma(targets: np.ndarray, sigma: float, sigma_relative: float,

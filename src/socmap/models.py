@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from socmap.config import TrainConfig, choices
 from socmap.errors import SocmapError
 
-MODELS = ("refitted_cov_lstm", "cnn", "lstm")  # train.model's choices
+MODELS = choices(TrainConfig, "model")
 CNN_FEATURES = 128
 
 

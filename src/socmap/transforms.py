@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from socmap.config import TrainConfig, choices
 from socmap.errors import SocmapError
 
-TRANSFORMS = ("none", "log", "normalize")  # train.target_transform's choices
+TRANSFORMS = choices(TrainConfig, "target_transform")
 LOG_OFFSET = 1e-10  # as the original: log(y + 1e-10), so y = 0 stays finite
 
 
@@ -107,7 +108,7 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 # train.tta: the symmetries a prediction averages over, each set a group: the identity; with the half
 # turn; the four rotations; the rotations with and without a mirror
-VIEWS = {1: (0,), 2: (0, 2), 4: (0, 1, 2, 3), 8: tuple(range(DIHEDRAL))}
+VIEWS = dict(zip(choices(TrainConfig, "tta"), ((0,), (0, 2), (0, 1, 2, 3), tuple(range(DIHEDRAL))), strict=True))
 
 
 def symmetric_mean(model: torch.nn.Module, x: torch.Tensor, views: int) -> torch.Tensor:
