@@ -1,10 +1,12 @@
-"""Shared fixtures: the real params, shrunk to a tiny simulated world written in about a second."""
+"""Shared fixtures: the real params, shrunk to a tiny simulated world written in about a second; a small
+learnable data set and a training on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from socmap.config import Params, load_params, replace
 from socmap.simulate import simulate
@@ -55,3 +57,84 @@ def tiny_world(tmp_path_factory) -> Path:
 def tiny(tiny_world) -> Params:
     """Params for the tiny world."""
     return tiny_params(tiny_world)
+
+
+@pytest.fixture
+def one_thread():
+    """As `socmap train` runs by default (train.threads: 1): fast and steady on a busy machine too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """A folder with the learnable data set of `learnable.write_inputs` (read-only for tests)."""
+    from learnable import write_inputs
+
+    root = tmp_path_factory.mktemp("project")
+    write_inputs(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(project, tmp_path_factory):
+    """That data set trained once with the fast params: (output root, summary, every epoch's record)."""
+    from learnable import params_for, run_train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("trained")
+    records = []
+    summary = run_train(project, out, params_for(project), callback=lambda run, r: records.append((run, r)))
+    torch.set_num_threads(threads)
+    return out, summary, records
+
+
+@pytest.fixture(scope="session")
+def mapped(tiny_world, tmp_path_factory) -> tuple[Path, Params]:
+    """A project directory after sample → split → train (1 epoch) → evaluate → map on the tiny world."""
+    import contextlib
+    import importlib
+
+    from mapped import MAP
+
+    root = tmp_path_factory.mktemp("map-project")
+    params = tiny_params(tiny_world, **MAP)
+    with contextlib.chdir(root):
+        for stage in ("sample", "split", "train", "evaluate", "mapping"):
+            importlib.import_module(f"socmap.{stage}").main(params)
+    return root, params
+
+
+@pytest.fixture(scope="session")
+def ensemble(mapped) -> list:
+    """The mapped project's checkpoints, as `Predictor`s."""
+    from socmap.predict import load_ensemble
+
+    return load_ensemble(mapped[0] / "models")
+
+
+@pytest.fixture(scope="session")
+def calibration(mapped) -> dict:
+    """The mapped project's interval calibration."""
+    from socmap.io import read_json
+
+    return read_json(mapped[0] / "data/evaluate/calibration.json", "evaluate")
+
+
+@pytest.fixture(scope="session")
+def fields(mapped) -> list:
+    """The mapped project's kriging fields, one per run."""
+    from socmap.kriging import load_fields
+
+    return load_fields(mapped[0] / "data/evaluate/kriging.npz")
+
+
+@pytest.fixture
+def coded(tmp_path) -> Path:
+    """The coded world of `coded.write_coded` under a fresh folder."""
+    from coded import write_coded
+
+    return write_coded(tmp_path)

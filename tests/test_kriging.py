@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from figures import RUNS, hand_made
 from socmap.errors import SocmapError
-from socmap.kriging import (ResidualField, Variogram, empirical_variogram, fit_variogram, load_fields,
+from socmap.kriging import (ResidualField, Variogram, empirical_variogram, fit_variogram, krige_runs, load_fields,
                             require_projected, save_fields, to_residuals)
 
 
@@ -117,3 +118,22 @@ def test_a_geographic_grid_is_refused_unless_kriging_is_off():
     with pytest.raises(SocmapError, match=r"report.json: the grid CRS EPSG:4326 is geographic .* evaluate.kriging = "
                                           r"log needs distances in metres"):
         require_projected("EPSG:4326", "log", "report.json")
+
+
+def test_kriging_of_a_run_sees_only_its_training_rows():
+    samples, roles, predictions, _ = hand_made("holdout")
+    xy, targets = samples[["x", "y"]].to_numpy(), samples["target"].to_numpy()
+    kriged, added = krige_runs(xy, targets, predictions, roles, "log", 16)
+    held_out = roles[0] != "train"
+    changed = targets.copy()
+    changed[held_out] *= 3.0  # the validation and test targets of run 0 tell its kriging nothing
+    again, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
+    assert np.array_equal(again[0], kriged[0])
+    changed = targets.copy()
+    changed[roles[0] == "train"] *= 1.5
+    moved, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
+    assert not np.allclose(moved[0, held_out], kriged[0, held_out])
+    assert len(added.fields) == RUNS and np.array_equal(added.unkriged, predictions)
+    # next to a run's training rows kriging explains more of the error than at its held-out rows
+    assert added.variance[0, roles[0] == "train"].mean() < added.variance[0, held_out].mean()
+    assert krige_runs(xy, targets, predictions, roles, "none", 16) == (predictions, None)

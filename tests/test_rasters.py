@@ -1,4 +1,5 @@
-"""The raster catalog, patch extraction and the region, on tiny GeoTIFFs whose values encode their place."""
+"""The raster catalog on tiny GeoTIFFs whose values encode their place: reads, warps, shifts, missing years,
+broken files; the region on its pixels."""
 
 from __future__ import annotations
 
@@ -10,84 +11,11 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
-from socmap.config import Params, replace
+from coded import CRS, TRANSFORM, H, W, YEARS, code, coded_params, write
 from socmap.errors import SocmapError
-from socmap.patches import extract_patches, fill_missing, fill_values, window_years
+from socmap.patches import extract_patches
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
-
-CRS = "EPSG:25832"
-TRANSFORM = from_origin(600_000.0, 5_400_000.0, 1000.0, 1000.0)
-H, W = 12, 16
-YEARS = list(range(2010, 2015))
-NODATA_PIXEL = ("A", 2011, 3, 4)  # band, year, row, col
-
-
-def code(year, row, col):
-    """The value of band A at a pixel: year, row and column readable from its digits."""
-    return (np.asarray(year) - 2000) * 10000 + np.asarray(row) * 100 + np.asarray(col)
-
-
-def write(path, values, transform=TRANSFORM, crs=CRS, nodata=-9999.0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
-                       dtype="float32", crs=crs, transform=transform, nodata=nodata) as dst:
-        dst.write(values.astype(np.float32), 1)
-
-
-def coded_params(root, **overrides) -> Params:
-    """Params for the coded world under `root`: bands A (yearly), S (static), B (yearly), 2010-2014."""
-    return replace(Params(), **{
-        "data.rasters.dir": str(root), "data.bands": ["A", "S", "B"], "data.static_bands": ["S"],
-        "data.first_year": 2010, "data.last_year": 2014, "sample.time_before": 3, "map.years": [2014],
-        **overrides})
-
-
-@pytest.fixture
-def coded(tmp_path):
-    """Rasters on a 12×16 grid: A = code(year, row, col), B = -A, S = row·100 + col + 0.25."""
-    rows, cols = np.mgrid[0:H, 0:W]
-    for year in YEARS:
-        a = code(year, rows, cols).astype(np.float32)
-        if year == NODATA_PIXEL[1]:
-            a[NODATA_PIXEL[2], NODATA_PIXEL[3]] = -9999.0
-        write(tmp_path / "A" / f"{year}.tif", a)
-        write(tmp_path / "B" / f"{year}.tif", -code(year, rows, cols))
-    write(tmp_path / "S" / "static.tif", rows * 100.0 + cols + 0.25)
-    return tmp_path
-
-
-def expected_patch(row, col, survey_year, window=5, time_before=3):
-    """[C, w, w, T] of the coded world, NaN off the grid or at the nodata pixel."""
-    r = window // 2
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    rr, cc = row + dy, col + dx
-    inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-    out = np.full((3, window, window, time_before), np.nan)
-    for t, year in enumerate(range(survey_year - time_before + 1, survey_year + 1)):
-        a = np.where(inside, code(year, rr, cc), np.nan)
-        if year == NODATA_PIXEL[1]:
-            a[(rr == NODATA_PIXEL[2]) & (cc == NODATA_PIXEL[3])] = np.nan
-        out[0, ..., t] = a
-        out[1, ..., t] = np.where(inside, rr * 100.0 + cc + 0.25, np.nan)
-        out[2, ..., t] = np.where(inside, -code(year, rr, cc), np.nan)
-    return out
-
-
-@pytest.mark.parametrize("row, col", [(5, 7), (4, 4), (0, 8), (H - 1, 3), (0, 0), (H - 1, W - 1), (2, W - 1)])
-def test_patches_hold_their_own_pixels(coded, row, col):
-    catalog = RasterCatalog.open(coded_params(coded).data)
-    assert window_years(np.array([2013, 2012]), 3, 2010).tolist() == [[2011, 2012, 2013], [2010, 2011, 2012]]
-    at = (np.array([row, row]), np.array([col, col]), np.array([2013, 2012]))
-    patches, invalid = extract_patches(catalog, *at, 5, 3, fill=None)
-    assert patches.shape == (2, 3, 5, 5, 3) and patches.dtype == np.float32
-    np.testing.assert_array_equal(patches[0], expected_patch(row, col, 2013))  # chronological
-    np.testing.assert_array_equal(patches[1], expected_patch(row, col, 2012))
-    np.testing.assert_array_equal(invalid, np.isnan(patches).sum(axis=(2, 3)))
-    filled, invalid_filled = extract_patches(catalog, *at, 5, 3)
-    fill = fill_values(catalog, "mean")
-    np.testing.assert_array_equal(filled, fill_missing(patches, [fill[b] for b in ("A", "S", "B")])[0])
-    np.testing.assert_array_equal(invalid_filled, invalid)
 
 
 def test_read_stack_is_boundless_and_matches_extraction(coded):
@@ -99,27 +27,6 @@ def test_read_stack_is_boundless_and_matches_extraction(coded):
     assert (stack[1, 2:, 3:, 0] == stack[1, 2:, 3:, 1]).all()  # static repeated over T
     patch = extract_patches(catalog, np.array([6]), np.array([9]), np.array([2014]), 7, 3, fill=None)[0][0]
     np.testing.assert_array_equal(patch, catalog.read_stack([2012, 2013, 2014], 3, 6, 7, 7))
-
-
-def test_early_years_repeat_the_first_year(coded):
-    catalog = RasterCatalog.open(coded_params(coded).data)
-    patch = extract_patches(catalog, np.array([5]), np.array([5]), np.array([2011]), 3, 4, fill=None)[0][0]
-    np.testing.assert_array_equal(patch, catalog.read_stack([2010, 2010, 2010, 2011], 4, 4, 3, 3))
-    assert patch[0, 1, 1].tolist() == [code(2010, 5, 5)] * 3 + [code(2011, 5, 5)]
-
-
-def test_fill_values_and_fill_missing(coded):
-    catalog = RasterCatalog.open(coded_params(coded).data)
-    rows, cols = np.mgrid[0:H, 0:W]
-    a = np.concatenate([code(y, rows, cols).ravel() for y in YEARS]).astype(float)
-    a = np.delete(a, (NODATA_PIXEL[1] - 2010) * H * W + NODATA_PIXEL[2] * W + NODATA_PIXEL[3])
-    fill = fill_values(catalog, "mean")
-    assert fill["A"] == pytest.approx(a.mean()) and fill["S"] == pytest.approx((rows * 100.0 + cols + 0.25).mean())
-    stack = catalog.read_stack([2011], 2, 3, 3, 3)
-    filled, valid = fill_missing(stack, [fill[b] for b in ("A", "S", "B")])
-    assert not valid[0, 1, 1, 0] and valid.sum() == stack.size - 1
-    assert filled[0, 1, 1, 0] == np.float32(fill["A"]) and filled[0, 0, 0, 0] == code(2011, 2, 3)
-    assert np.isnan(stack[0, 1, 1, 0])  # not in place unless asked
 
 
 @pytest.mark.parametrize("how", ["nearest", "mean"])

@@ -29,10 +29,16 @@ def tiny_run(tiny_world, tmp_path_factory):
     return params, sample(params.data, params.sample, out), out
 
 
-def test_outputs_and_report_account_for_every_row(tiny_run, tiny_world):
+@pytest.fixture(scope="module")
+def outputs(tiny_run):
+    """The stage's params and report, and its patches (memory-mapped) and sample table."""
     params, report, out = tiny_run
-    patches = np.load(out / "patches.npy", mmap_mode="r")
-    samples = pd.read_parquet(out / "samples.parquet")
+    return params, report, np.load(out / "patches.npy", mmap_mode="r"), pd.read_parquet(out / "samples.parquet")
+
+
+def test_outputs_and_report_account_for_every_row(tiny_run, outputs, tiny_world):
+    params, report, patches, samples = outputs
+    out = tiny_run[2]
     points = pd.read_csv(tiny_world / "points.csv")
     assert report == json.loads((out / "report.json").read_text())
     assert report["rows_read"] == len(points) == report["rows_kept"] + sum(report["drops"].values())
@@ -53,10 +59,8 @@ def test_outputs_and_report_account_for_every_row(tiny_run, tiny_world):
     np.testing.assert_allclose(samples["target"], points.loc[samples["row_id"], "OC"])
 
 
-def test_patch_centres_are_the_raster_values_at_each_row(tiny_run, tiny_world):
-    params, _, out = tiny_run
-    patches = np.load(out / "patches.npy", mmap_mode="r")
-    samples = pd.read_parquet(out / "samples.parquet")
+def test_patch_centres_are_the_raster_values_at_each_row(outputs, tiny_world):
+    params, _, patches, samples = outputs
     catalog = RasterCatalog.open(params.data)
     row, col = catalog.grid.index(samples["x"].to_numpy(), samples["y"].to_numpy())
     for year_back in range(3):  # t = 2 is the survey year, t = 0 two years before

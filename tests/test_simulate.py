@@ -299,15 +299,6 @@ def test_interaction_turns_the_evapotranspiration_effect_by_cover(tiny_world, kn
     assert corr["cropland"] > 0.98 and corr["forest"] < -0.98
 
 
-def test_regional_field_is_smooth_over_about_100_km():
-    cfg = Params().simulate
-    grid = make_grids(cfg)[0]  # Bavaria, 1 km pixels
-    field = regional_field(cfg, grid)
-    assert 0.7 < field.std() < 1.3 and abs(field.mean()) < 0.5
-    lag = lambda km: np.corrcoef(field[:, :-km].ravel(), field[:, km:].ravel())[0, 1]  # noqa: E731
-    assert lag(10) > 0.9 and lag(100) < 0.5
-
-
 def test_nonstationary_scales_the_history_slope_by_the_regional_field(tmp_path):
     """On a 200 km strip: the change is the history term times f(x), not one slope everywhere."""
     strip = {"simulate.bbox": [10.0, 48.20, 12.8, 48.33], "simulate.sites": 300}

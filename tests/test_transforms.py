@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from socmap.errors import SocmapError
+from socmap.models import build_model
 from socmap.transforms import (DIHEDRAL, LOG_OFFSET, VIEWS, FeatureNorm, TargetTransform, dihedral,
                                random_dihedral, symmetric_mean)
 
@@ -138,3 +139,41 @@ def test_a_symmetric_mean_averages_the_model_over_its_views(views, expected):
 def test_random_symmetries_need_a_square_window():
     with pytest.raises(ValueError, match=r"window of patches \(2, 1, 3, 4, 1\) is not square"):
         random_dihedral(torch.zeros(2, 1, 3, 4, 1), torch.Generator().manual_seed(0))
+
+
+def test_random_symmetries_keep_a_rotation_invariant_batch_and_are_seeded():
+    row, col = torch.meshgrid(torch.arange(5.0) - 2, torch.arange(5.0) - 2, indexing="ij")
+    radius = (row**2 + col**2)[None, None, :, :, None]  # the same under every turn and mirror
+    invariant = radius * torch.randn(64, 6, 1, 1, 3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(random_dihedral(invariant, torch.Generator().manual_seed(0)), invariant)
+
+    x = torch.randn(64, 6, 5, 5, 3, generator=torch.Generator().manual_seed(3))
+    first = random_dihedral(x, torch.Generator().manual_seed(7))
+    assert first.shape == x.shape
+    torch.testing.assert_close(random_dihedral(x, torch.Generator().manual_seed(7)), first)
+    assert not torch.equal(random_dihedral(x, torch.Generator().manual_seed(8)), first)
+    used = set()
+    for i in range(len(x)):  # every row is one of its own 8 symmetries, and the batch mixes them
+        matches = [k for k in range(DIHEDRAL) if torch.equal(dihedral(x[i:i + 1], k), first[i:i + 1])]
+        assert len(matches) == 1, i
+        used.add(matches[0])
+    assert len(used) == DIHEDRAL
+
+
+@pytest.mark.parametrize("views, invariant_under", [(1, [0]), (2, [0, 2]), (4, [0, 1, 2, 3]), (8, range(8))])
+def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invariant_under):
+    torch.manual_seed(0)
+    model = build_model("refitted_cov_lstm", 6, 5, hidden_size=8).eval()
+    x = torch.randn(16, 6, 5, 5, 3, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mean = symmetric_mean(model, x, views)
+        assert mean.shape == (16,)
+        for k in range(DIHEDRAL):
+            turned = symmetric_mean(model, dihedral(x, k), views)
+            if k in invariant_under:
+                torch.testing.assert_close(turned, mean)
+            else:
+                assert (turned - mean).abs().max() > 1e-4, k
+        torch.testing.assert_close(symmetric_mean(model, x, 1), model(x))
+        by_hand = torch.stack([model(dihedral(x, k)) for k in range(DIHEDRAL)]).mean(0)
+        torch.testing.assert_close(symmetric_mean(model, x, 8), by_hand)

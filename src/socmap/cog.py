@@ -11,7 +11,7 @@ copied into a COG (with overviews) at the end, so memory stays one block's.
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -41,21 +41,21 @@ def band_descriptions(years: Sequence[int], interval: float) -> dict[str, list[s
 
 def write_maps(results: Iterator[tuple[Window, dict[str, np.ndarray]]], grid: GridSpec, window: Window,
                out_dir: str | Path, descriptions: dict[str, list[str]], tags: dict[str, str]) -> list[Path]:
-    """Write streamed blocks into one COG per output name; return the paths.
+    """Write streamed blocks into one COG per output name, the folder `out_dir` as a whole (atomically:
+    an interrupted map leaves the last complete maps); return the paths.
 
     Blocks go to an uncompressed tiled GeoTIFF on disk as they come; once all are in, GDAL's COG
     driver copies it into the compressed, tiled COG with overviews.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=window.width, height=window.height, dtype="float32",
                    crs=grid.crs, transform=grid.window_transform(window.row_off, window.col_off),
                    nodata=NODATA, tiled=True, blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
-    paths = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
-            tempfile.TemporaryDirectory(prefix=".map-blocks.", dir=out_dir) as scratch:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(out_dir) as staged:
+        scratch = staged / ".blocks"
+        scratch.mkdir(parents=True)
         with contextlib.ExitStack() as stack:
-            datasets = {name: stack.enter_context(rasterio.open(Path(scratch) / f"{name}.tif", "w",
+            datasets = {name: stack.enter_context(rasterio.open(scratch / f"{name}.tif", "w",
                                                                 count=len(names), **profile))
                         for name, names in descriptions.items()}
             for block, outputs in results:
@@ -70,11 +70,9 @@ def write_maps(results: Iterator[tuple[Window, dict[str, np.ndarray]]], grid: Gr
                     dataset.set_band_unit(band, UNIT)
                 dataset.update_tags(**tags, SOCMAP_OUTPUT=name)
         for name in descriptions:
-            path = out_dir / f"{name}.tif"
-            with atomic_path(path) as tmp:
-                # AVERAGE overviews skip nodata; the std overviews are averages too (fine for a quick look)
-                rasterio.shutil.copy(Path(scratch) / f"{name}.tif", tmp, driver="COG", COMPRESS="DEFLATE",
-                                     PREDICTOR="YES", BLOCKSIZE=COG_BLOCK, OVERVIEW_RESAMPLING="AVERAGE",
-                                     BIGTIFF="IF_SAFER")
-            paths.append(path)
-    return paths
+            # AVERAGE overviews skip nodata; the std overviews are averages too (fine for a quick look)
+            rasterio.shutil.copy(scratch / f"{name}.tif", staged / f"{name}.tif", driver="COG", COMPRESS="DEFLATE",
+                                 PREDICTOR="YES", BLOCKSIZE=COG_BLOCK, OVERVIEW_RESAMPLING="AVERAGE",
+                                 BIGTIFF="IF_SAFER")
+        shutil.rmtree(scratch)
+    return [out_dir / f"{name}.tif" for name in descriptions]

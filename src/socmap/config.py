@@ -23,6 +23,7 @@ import yaml
 
 from socmap import paths
 from socmap.errors import SocmapError
+from socmap.io import read_text
 from socmap.validation import Invalid, bounds, build
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
@@ -243,11 +244,9 @@ class Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; raise `SocmapError` naming the first bad key."""
-    path = Path(path)
+    text = read_text(path, "params file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SocmapError(f"{path}: params file not found") from None
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SocmapError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return params_from_dict(raw, source=str(path))

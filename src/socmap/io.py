@@ -55,13 +55,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def read_text(path: str | os.PathLike, missing: str) -> str:
+    """A text file's content; a `SocmapError` "{path}: {missing}" when there is no such file."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise SocmapError(f"{path}: {missing}") from None
+
+
 def read_json(path: str | os.PathLike, stage: str) -> Any:
     """A JSON file that `stage` writes; a `SocmapError` naming the file and the stage to run when it is
     missing or broken."""
+    text = read_text(path, f"not found; run `socmap {stage}` first")
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SocmapError(f"{path}: not found; run `socmap {stage}` first") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SocmapError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); rerun `socmap {stage}`") from None
 
