@@ -158,25 +158,32 @@ class ResidualField:
         out, variance = np.full(len(xy), mean), np.ones(len(xy))
         if self.variogram.sill <= 0 or len(xy) == 0:
             return out, variance
-        total = self.variogram.nugget + self.variogram.sill
+        index, weights, target = self.weights(xy)
+        out += np.einsum("mk,mk->m", weights, (self.residuals - mean)[index])
+        variance = 1.0 - np.einsum("mk,mk->m", weights, target) / (self.variogram.nugget + self.variogram.sill)
+        return out, variance
+
+    def weights(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The simple-kriging systems at locations `xy` [M, 2] (metres): the nearest `neighbours` rows
+        (index [M, k]), their weights [M, k] and their covariance with the location [M, k]."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         k = min(self.neighbours, len(self.residuals))
-        centred = self.residuals - mean
+        index, weights, target = (np.empty((len(xy), k), dtype=dtype) for dtype in (np.int64, np.float64, np.float64))
         diagonal = np.arange(k)
         for start in range(0, len(xy), CHUNK):
-            distance, index = self._tree.query(xy[start:start + CHUNK] / 1000.0, k)
-            distance, index = distance.reshape(len(distance), k), index.reshape(len(index), k)
-            px, py = self.xy[index, 0] / 1000.0, self.xy[index, 1] / 1000.0  # [m, k]
+            distance, near = self._tree.query(xy[start:start + CHUNK] / 1000.0, k)
+            distance, near = distance.reshape(len(distance), k), near.reshape(len(near), k)
+            px, py = self.xy[near, 0] / 1000.0, self.xy[near, 1] / 1000.0  # [m, k]
             system, dy = px[:, :, None] - px[:, None, :], py[:, :, None] - py[:, None, :]  # [m, k, k]
             np.hypot(system, dy, out=system)  # distances, then their covariance, in place
             system *= -1.0 / self.variogram.range_km
             np.exp(system, out=system)
             system *= self.variogram.sill
             system[:, diagonal, diagonal] += self.variogram.nugget
-            target = self.variogram.covariance(distance)
-            weights = np.linalg.solve(system, target[..., None])[..., 0]
-            out[start:start + len(index)] += np.einsum("mk,mk->m", weights, centred[index])
-            variance[start:start + len(index)] = 1.0 - np.einsum("mk,mk->m", weights, target) / total
-        return out, variance
+            here = slice(start, start + len(near))
+            index[here], target[here] = near, self.variogram.covariance(distance)
+            weights[here] = np.linalg.solve(system, target[here][..., None])[..., 0]
+        return index, weights, target
 
     def correct(self, predicted: np.ndarray, kriged: np.ndarray, variance: np.ndarray) -> np.ndarray:
         """The prediction with the residual `kriged` added back, or multiplied back in log space with the
