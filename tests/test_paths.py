@@ -19,10 +19,11 @@ CONTRACT = {
     "split": ([paths.SPLIT, paths.SPLIT_METRICS], [paths.SAMPLES]),
     "train": ([paths.MODELS, paths.RESUME, paths.TRAIN_METRICS / "metrics.json", paths.TRAIN_METRICS / "plots"],
               [paths.PATCHES, paths.SAMPLES, paths.SPLIT]),
-    "evaluate": ([paths.CALIBRATION, paths.KRIGING_FIELDS, paths.EVALUATE_PLOTS,
-                  paths.EVALUATE_METRICS / "metrics.json"],
+    "evaluate": ([paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION,
+                  paths.EVALUATE_PLOTS, paths.EVALUATE_METRICS / "metrics.json"],
                  [paths.PATCHES, paths.SAMPLES, paths.REPORT, paths.SPLIT, paths.MODELS]),
-    "map": ([paths.MAPS, paths.MAP_PLOTS], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
+    "map": ([paths.MAPS, paths.POLYGON_MEANS, paths.MAP_PLOTS, paths.MAP_METRICS],
+            [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION]),
 }
 
 

@@ -102,12 +102,43 @@ def test_truth_and_oracle(tiny_world):
     assert 0.9 < np.median(ratio) < 1.1  # the observation is the truth plus mean-free noise
 
 
+def test_the_truth_over_pixels_is_the_truth_at_the_survey_rows(tiny_world):
+    from truth import pixel_truth
+
+    params = tiny_params(tiny_world)
+    truth = pd.read_parquet(tiny_world / "truth.parquet")
+    points = pd.read_csv(tiny_world / "points.csv")
+    kept = (truth["dirty"] == "") & (truth["year"] == 2018)
+    grid, values = pixel_truth(params.simulate, 2018)
+    x, y = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(points["GPS_LONG"], points["GPS_LAT"])
+    row, col = grid.index(np.asarray(x), np.asarray(y))
+    assert kept.sum() > 20
+    np.testing.assert_allclose(values[row[kept], col[kept]], truth.loc[kept, "truth"], rtol=1e-9)
+
+
+def test_districts_tile_the_bbox_in_about_equal_cells():
+    import shapely
+    from socmap.simulate import districts
+
+    cfg = replace(load_params(ROOT / "params.yaml"), **{"simulate.bbox": [10.0, 48.0, 12.0, 49.0]}).simulate
+    grid, _ = make_grids(cfg)
+    cells = districts(cfg, grid)
+    box = shapely.box(*cfg.bbox)
+    union = shapely.union_all(cells)
+    assert len(cells) == round(148.0 * 111.0 / 750.0)  # 2° × 1° at 48.5° N: 148 × 111 km, 750 km² each
+    assert union.symmetric_difference(box).area < 1e-6 * box.area  # they cover the bbox,
+    assert sum(cell.area for cell in cells) == pytest.approx(box.area, rel=1e-6)  # without overlapping
+    areas = np.array([cell.area for cell in cells])
+    assert areas.max() < 4 * areas.min()
+    assert districts(cfg, grid) == cells  # the same draws every time
+
+
 def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
     params = tiny_params(tmp_path)
     simulate(params.simulate, tmp_path / "a")
     simulate(params.simulate, tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 5 * 9 - 1 + 1 + 3
+    assert len(files) == 5 * 9 - 1 + 1 + 4  # yearly rasters less the latency band's last year, Elevation, tables
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
     assert mismatch == [] and errors == []
     simulate(replace(params, **{"simulate.seed": 1}).simulate, tmp_path / "c")
@@ -124,7 +155,8 @@ def default_world(tmp_path_factory):
 
 def test_default_world_is_the_pinned_bytes(default_world):
     """Every file of the default world has the sha256 it had before the family knobs existed
-    (tests/default_world.sha256, written by that code with this environment's GDAL and pyarrow)."""
+    (tests/default_world.sha256, written by that code with this environment's GDAL and pyarrow); the
+    districts, written since, from a random stream of their own, the sha256 they had when they came."""
     world, _ = default_world
     pinned = dict(line.split("  ")[::-1] for line in (ROOT / "tests/default_world.sha256").read_text().splitlines())
     written = {p.relative_to(world).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

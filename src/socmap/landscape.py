@@ -38,7 +38,7 @@ REGIONAL_WAVELENGTH_KM, REGIONAL_WAVES = 200.0, 8
 PARENT_PATCH_KM, PARENT_OFFSET = 10.0, 0.35
 PARENT_SIGNATURE = {"SoilEvaporation": 20.0, "LAI": 0.3}
 # random streams of their own, so that a world with a knob on shares every other draw with one without
-REGIONAL_STREAM, PARENT_STREAM = 1, 2
+REGIONAL_STREAM, PARENT_STREAM, DISTRICT_STREAM = 1, 2, 3
 
 
 def make_grids(cfg: SimulateConfig) -> tuple[GridSpec, GridSpec]:

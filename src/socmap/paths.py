@@ -28,10 +28,14 @@ EVALUATE_METRICS = Path("metrics/evaluate")  # dvclive: metrics.json
 EVALUATE_PLOTS = Path("plots/evaluate")
 CALIBRATION = Path("data/evaluate/calibration.json")  # the interval calibration, read by the map stage
 KRIGING_FIELDS = Path("data/evaluate/kriging.npz")  # every run's residual field, read by the map stage
+APPLICABILITY = Path("data/evaluate/applicability.npz")  # the DI's reference set and AOA threshold, for the map
+ERROR_CORRELATION = Path("data/evaluate/error_correlation.json")  # errors shared by places and years, for the map
 
 # map
 MAPS = Path("data/maps")  # soc_{year}.tif, soc_change_{first}_{last}.tif
 MAP_PLOTS = Path("plots/map")
+MAP_METRICS = Path("metrics/map.json")  # the AOA threshold, the share of mapped pixels inside it, detectable change
+POLYGON_MEANS = Path("data/polygons")  # soc_{year}.csv: the mean SOC of each polygon of map.polygons, with intervals
 
 # simulate: one folder of data and one of pictures per simulated world, its files named so
 DEFAULT_WORLD = "synthetic"
@@ -39,6 +43,7 @@ WORLD_RASTERS = "rasters"  # {band}/{year}.tif and {band}/static.tif
 WORLD_POINTS = "points.csv"  # the survey table, as the real one
 WORLD_TRUTH = "truth.parquet"  # the noise-free truth per row: it marks a simulated world
 WORLD_ORACLE = "oracle.json"  # the ceilings over the rows the default sample stage keeps
+WORLD_DISTRICTS = "districts.geojson"  # simulated districts (lon/lat) to summarise the map over
 
 
 def world_data(name: str = DEFAULT_WORLD) -> Path:

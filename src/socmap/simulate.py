@@ -21,7 +21,9 @@ With the default `simulate.*` the last three covariate terms are zero and m(x) =
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,16 @@ import pandas as pd
 import rasterio
 from pyproj import Transformer
 from rasterio.warp import Resampling, reproject
+import shapely
 from scipy import ndimage
 
 from socmap import paths
 from socmap.config import SampleConfig, SimulateConfig
 from socmap.grid import NODATA, GridSpec
 from socmap.io import atomic_path, write_json
-from socmap.landscape import (COVER_RELIEF_PX, COVERS, UNITS, YEARLY_BANDS, block_mean, elevation, land_cover,
-                              make_grids, output_grids, parent_material, regional_field, smooth_field, terrain,
-                              with_signature, yearly_bands)
+from socmap.landscape import (COVER_RELIEF_PX, COVERS, DISTRICT_STREAM, UNITS, YEARLY_BANDS, block_mean, elevation,
+                              land_cover, make_grids, output_grids, parent_material, regional_field, smooth_field,
+                              stream, terrain, with_signature, yearly_bands)
 from socmap.paths import DEFAULT_WORLD, world_data, world_plots
 
 log = logging.getLogger(__name__)
@@ -50,10 +53,42 @@ RESIDUAL_SD, RESIDUAL_RANGE_KM = 0.25, 12.0
 # under forest and on drained peat (sign per cover, in COVERS order)
 INTERACTION_BAND = "TotalEvapotranspiration"
 INTERACTION_SIGN = np.array([1.0, 0.5, -0.5, -1.0])
+DISTRICT_KM2 = 750.0  # km² per simulated district: Bavaria's 96 districts over its 70,550 km²
+DISTRICT_RELAXATIONS = 3  # moves of the district centres to their cells' centroids
 
 
 
 # ----------------------------------------------------------------------------- the world
+
+
+@dataclass(frozen=True)
+class World:
+    """The landscape of a world and its random stream, as the survey is about to be drawn."""
+
+    coarse: GridSpec  # the yearly bands' grid
+    fine: GridSpec  # the static band's
+    years: list[int]
+    elev_fine: np.ndarray
+    elev: np.ndarray  # on the coarse grid
+    cover: np.ndarray
+    parent_offset: np.ndarray  # log-SOC offset of each pixel's hidden soil class
+    bands: dict[str, np.ndarray]  # [year, height, width]
+    rng: np.random.Generator
+
+
+def build_world(cfg: SimulateConfig) -> World:
+    """Terrain, land cover, soil classes and yearly bands of `cfg`, in the order the seed draws them."""
+    rng = np.random.default_rng(cfg.seed)
+    coarse, fine = make_grids(cfg)
+    res = coarse.res[0]
+    years = list(range(cfg.first_year, cfg.last_year + 1))
+    elev_fine = elevation(fine, rng)
+    elev = block_mean(elev_fine, int(round(res / fine.res[0])))
+    tpi, slope, _ = terrain(elev, res, COVER_RELIEF_PX)
+    cover = land_cover(elev, tpi, slope, rng, res)
+    classes, offsets, signature = parent_material(cfg, elev.shape, res)
+    bands = with_signature(yearly_bands(cover, elev, years, rng, res), classes, signature)
+    return World(coarse, fine, years, elev_fine, elev, cover, offsets[classes], bands, rng)
 
 
 def zscore(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -144,35 +179,43 @@ def survey_sites(cfg: SimulateConfig, grid: GridSpec, rng: np.random.Generator) 
     return frame.sample(frac=1.0, random_state=int(rng.integers(2**31))).reset_index(drop=True)
 
 
-def soc_process(sites: pd.DataFrame, grid: GridSpec, elev: np.ndarray, cover: np.ndarray,
-                parent_offset: np.ndarray, bands: dict[str, np.ndarray], years: list[int],
-                cfg: SimulateConfig, rng: np.random.Generator) -> pd.DataFrame:
-    """Truth and observed OC (g/kg) for each survey row, from the pixel that holds it."""
-    tpi, slope, northness = terrain(elev, grid.res[0], cfg.context_px)
-    residual = RESIDUAL_SD * smooth_field(rng, elev.shape, RESIDUAL_RANGE_KM * 1000.0 / grid.res[0])
-    row, col = grid.index(sites["x"].to_numpy(), sites["y"].to_numpy())
-    row, col = np.clip(row, 0, grid.height - 1), np.clip(col, 0, grid.width - 1)
-    t = sites["year"].to_numpy() - years[0]
-    history_slope = B_HIST * (1.0 + cfg.nonstationary * regional_field(cfg, grid))[row, col]
-    lst = bands["LST"]
-    here = cover[row, col]
-    covariate_part = (
+def residual_field(world: World) -> np.ndarray:
+    """r(x): the spatially autocorrelated residual no covariate explains (log SOC), drawn from the world's stream."""
+    return RESIDUAL_SD * smooth_field(world.rng, world.elev.shape, RESIDUAL_RANGE_KM * 1000.0 / world.coarse.res[0])
+
+
+def covariate_log_soc(world: World, row: np.ndarray, col: np.ndarray, t: np.ndarray,
+                      cfg: SimulateConfig) -> np.ndarray:
+    """Every term of log SOC but r(x), at pixels (row, col) of the yearly grid in year index `t`."""
+    tpi, slope, northness = terrain(world.elev, world.coarse.res[0], cfg.context_px)
+    history_slope = B_HIST * (1.0 + cfg.nonstationary * regional_field(cfg, world.coarse))[row, col]
+    lst, elev, here = world.bands["LST"], world.elev, world.cover[row, col]
+    return (
         COVER_EFFECT[here]
         + B_ELEV * zscore(elev[row, col], elev)
         + B_TPI * zscore(tpi[row, col], tpi)
         + B_SLOPE * zscore(slope[row, col], slope)
-        + history_slope * npp_history(bands["MODIS_NPP"], t, row, col, cfg)
+        + history_slope * npp_history(world.bands["MODIS_NPP"], t, row, col, cfg)
         + B_LST * (lst[t, row, col] - lst.mean()) / lst.std()
         + cfg.aspect_effect * zscore(northness[row, col], northness)
-        + cfg.interaction * INTERACTION_SIGN[here] * cover_anomaly(bands[INTERACTION_BAND], cover)[t, row, col]
-        + parent_offset[row, col]
+        + cfg.interaction * INTERACTION_SIGN[here] * cover_anomaly(world.bands[INTERACTION_BAND], world.cover)[t, row, col]
+        + world.parent_offset[row, col]
     )
+
+
+def soc_process(sites: pd.DataFrame, world: World, cfg: SimulateConfig) -> pd.DataFrame:
+    """Truth and observed OC (g/kg) for each survey row, from the pixel that holds it."""
+    grid = world.coarse
+    residual = residual_field(world)
+    row, col = grid.index(sites["x"].to_numpy(), sites["y"].to_numpy())
+    row, col = np.clip(row, 0, grid.height - 1), np.clip(col, 0, grid.width - 1)
+    covariate_part = covariate_log_soc(world, row, col, sites["year"].to_numpy() - world.years[0], cfg)
     log_soc = covariate_part + residual[row, col]
     truth = np.exp(log_soc)
     truth_covariates = np.exp(covariate_part + residual.var() / 2.0)
-    observed = truth * np.exp(cfg.noise * rng.standard_normal(len(sites)) - cfg.noise**2 / 2.0)
+    observed = truth * np.exp(cfg.noise * world.rng.standard_normal(len(sites)) - cfg.noise**2 / 2.0)
     return sites.assign(truth=truth, truth_covariates=truth_covariates, OC=np.round(observed, 2),
-                        cover=np.asarray(COVERS)[here])
+                        cover=np.asarray(COVERS)[world.cover[row, col]])
 
 
 def dirty_rows(table: pd.DataFrame, cfg: SimulateConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -273,19 +316,10 @@ def write_raster(path: Path, layers: list[tuple[str, np.ndarray]], grid: GridSpe
 
 def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | None = None) -> dict:
     """Write the simulated world to `out_dir` (atomically) and return the oracle figures."""
-    rng = np.random.default_rng(cfg.seed)
-    coarse, fine = make_grids(cfg)
-    res = coarse.res[0]
-    years = list(range(cfg.first_year, cfg.last_year + 1))
-    elev_fine = elevation(fine, rng)
-    elev = block_mean(elev_fine, int(round(res / fine.res[0])))
-    tpi, slope, _ = terrain(elev, res, COVER_RELIEF_PX)
-    cover = land_cover(elev, tpi, slope, rng, res)
-    classes, offsets, signature = parent_material(cfg, elev.shape, res)
-    bands = with_signature(yearly_bands(cover, elev, years, rng, res), classes, signature)
-
+    world = build_world(cfg)
+    coarse, fine, years, rng, elev_fine = world.coarse, world.fine, world.years, world.rng, world.elev_fine
     sites = survey_sites(cfg, coarse, rng)
-    table = soc_process(sites, coarse, elev, cover, offsets[classes], bands, years, cfg, rng)
+    table = soc_process(sites, world, cfg)
     lon, lat = Transformer.from_crs(coarse.crs.to_string(), "EPSG:4326", always_xy=True).transform(
         table["x"], table["y"])
     table = table.assign(GPS_LONG=np.round(lon, 6), GPS_LAT=np.round(lat, 6))
@@ -297,7 +331,7 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
 
     grid, static_grid = output_grids(coarse, fine, cfg)
     yearly = {year: {band: warp(values, coarse, grid) for band, values in layers.items()}
-              for year, layers in published(bands, elev, years, cfg, rng).items()}
+              for year, layers in published(world.bands, world.elev, years, cfg, rng).items()}
     static = {"Elevation": warp(elev_fine.astype(np.float32), fine, static_grid)}
     with atomic_path(out_dir) as tmp:
         for path, layers, on in raster_files(cfg.layout, yearly, static, grid, static_grid):
@@ -308,6 +342,7 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
             ["row_id", "POINTID", "year", "truth", "truth_covariates", "cover", "dirty"]]
         truth.to_parquet(tmp / paths.WORLD_TRUTH, index=False)
         write_json(tmp / paths.WORLD_ORACLE, oracle)
+        (tmp / paths.WORLD_DISTRICTS).write_text(districts_geojson(districts(cfg, coarse)))
     if plots_dir is not None:
         from socmap.plots import plot_synthetic  # matplotlib only when pictures are asked for
 
@@ -316,10 +351,40 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
             published_years = [year for year in years if band in yearly[year]]
             for year in (published_years[0], published_years[-1]):
                 looks[(band, str(year))] = yearly[year][band]
-        plot_synthetic(Path(plots_dir), looks, UNITS, coarse, cover, COVERS, table)
+        plot_synthetic(Path(plots_dir), looks, UNITS, coarse, world.cover, COVERS, table)
     log.info("simulated %d rows on a %d×%d grid: r2_full %.3f, r2_covariates %.3f", len(table),
              coarse.height, coarse.width, oracle["r2_full"], oracle["r2_covariates"])
     return oracle
+
+
+def districts(cfg: SimulateConfig, grid: GridSpec) -> list:
+    """Simulated districts over the bbox, lon/lat polygons: Voronoi cells of random centres (a random
+    stream of their own) moved to their cells' centroids a few times, so that they come out of about
+    equal size, one per `DISTRICT_KM2` of the bbox as Bavaria's 96 are."""
+    to_metric = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    box = shapely.segmentize(shapely.box(*cfg.bbox), 0.01)  # its edges bend in the metric CRS
+    area = shapely.transform(box, lambda xy: np.stack(to_metric.transform(*xy.T), axis=1))
+    count = max(1, round(area.area / 1e6 / DISTRICT_KM2))
+    cells = [area]
+    if count > 1:
+        rng = stream(cfg, DISTRICT_STREAM)
+        west, south, east, north = area.bounds
+        centres = shapely.points(rng.uniform(west, east, 4 * count), rng.uniform(south, north, 4 * count))
+        centres = centres[shapely.contains(area, centres)][:count]
+        for _ in range(DISTRICT_RELAXATIONS + 1):
+            cells = [cell.intersection(area) for cell in
+                     shapely.voronoi_polygons(shapely.multipoints(centres), extend_to=area, ordered=True).geoms]
+            centres = shapely.centroid(cells)
+    return [shapely.transform(cell, lambda xy: np.round(np.stack(to_lonlat.transform(*xy.T), axis=1), 6))
+            for cell in cells]
+
+
+def districts_geojson(cells: list) -> str:
+    """A GeoJSON FeatureCollection (lon/lat, RFC 7946) of the districts, named D001, D002, ..."""
+    features = [{"type": "Feature", "properties": {"district": f"D{i + 1:03d}"},
+                 "geometry": json.loads(shapely.to_geojson(cell))} for i, cell in enumerate(cells)]
+    return json.dumps({"type": "FeatureCollection", "features": features}) + "\n"
 
 
 def oracle_figures(table: pd.DataFrame, first_full_year: int) -> dict:
