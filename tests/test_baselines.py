@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from socmap.config import EvaluateConfig
-from socmap.baselines import baseline_predictions, fit_forest, history_features, survey_year_features
+from socmap.applicability import history_features
+from socmap.baselines import baseline_predictions, fit_forest, survey_year_features
 from socmap.errors import SocmapError
 from socmap.metrics import r2_score
 

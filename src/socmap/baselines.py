@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
+from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.kriging import ResidualField
@@ -31,25 +32,6 @@ def survey_year_features(patches: np.ndarray) -> np.ndarray:
     """[N, C]: every band's centre pixel in the survey year (the last time step)."""
     centre = patches.shape[2] // 2
     return np.asarray(patches[:, :, centre, centre, -1], dtype=np.float32)
-
-
-def history_features(patches: np.ndarray, static: np.ndarray) -> np.ndarray:
-    """[N, F]: centre pixel and window mean of every band and year, and centre − window mean in the survey year.
-
-    Args:
-        patches: [N, C, W, W, T] raw patches.
-        static: [C] bool, True for bands repeated over time (kept once).
-    """
-    patches = np.asarray(patches, dtype=np.float32)
-    centre = patches.shape[2] // 2
-    point = patches[:, :, centre, centre, :]  # [N, C, T]
-    window = patches.mean(axis=(2, 3))  # [N, C, T]
-    static = np.asarray(static, dtype=bool)
-    columns = []
-    for values in (point, window):
-        columns += [values[:, static, -1], values[:, ~static, :].reshape(len(patches), -1)]
-    columns.append(point[:, :, -1] - window[:, :, -1])
-    return np.concatenate(columns, axis=1)
 
 
 def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from socmap import paths
+from socmap.applicability import applicability_metrics, error_profile, fit_applicability, test_applicability
 from socmap.baselines import baseline_predictions
+from socmap.correlation import ErrorCorrelation
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
 from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
@@ -66,8 +68,9 @@ def load_truth(points_path: str | Path, samples: pd.DataFrame) -> Truth | None:
 
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame, outline: list,
                   fields: list[ResidualField] = (), root: Path = Path(".")) -> None:
-    """metrics.json through dvclive, plot data and PNGs (with kriging `fields`, their variograms), the
-    calibration and the fields, under the project `root`; each written atomically."""
+    """metrics.json through dvclive, plot data and PNGs (with kriging `fields`, their variograms; with the
+    test rows' DI, the error profiles), the calibration and the fields, under the project `root`; each
+    written atomically."""
     from dvclive import Live  # dvclive reads git and DVC state at import; only the stage needs it
 
     with atomic_path(root / paths.EVALUATE_PLOTS) as tmp:
@@ -78,6 +81,9 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
                                                                                         index=False)
         plot_scatter(table, summary, tmp / "predicted_vs_observed.png")
         plot_residual_map(table, samples, outline, tmp / "residual_map.png")
+        if "dissimilarity" in table:
+            for column, name in (("dissimilarity", "error_by_dissimilarity"), ("distance_km", "error_by_distance")):
+                error_profile(table, column, summary["interval"]).to_csv(tmp / f"{name}.csv", index=False)
         if fields:
             plot_variograms(fields, tmp / "variogram.png")
     save_fields(root / paths.KRIGING_FIELDS, fields)
@@ -90,7 +96,7 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
 
 def main(params) -> None:
     """Read patches, samples, split and models/run_*.pt; write metrics/evaluate/, plots/evaluate/, data/evaluate/
-    (the interval calibration and the kriging fields)."""
+    (the interval calibration, the kriging fields, the DI's reference and the errors places and years share)."""
     from socmap.predict import load_ensemble
     from socmap.region import Region
 
@@ -113,6 +119,16 @@ def main(params) -> None:
                                         kriging)
     for name, choice in chosen.items():
         summary["baselines"][name].update(choice)
+    # where the map can be trusted: the DI's reference and threshold, the errors places and years share
+    applicability, cv_di, features = fit_applicability(predictors, patches, targets, roles, static, cfg.batch_size,
+                                                       cfg.seed)
+    table = test_applicability(table, applicability, features, xy, roles,
+                               pd.Index(samples["row_id"]).get_indexer(table["row_id"]))
+    summary.update(applicability_metrics(table, applicability, predictors[0].spec.band_names, cv_di, cfg.interval))
+    correlation = ErrorCorrelation.fit(samples, predictions, roles, calibration, kriging)
+    summary["error_correlation"] = correlation.to_dict()
+    applicability.save(paths.APPLICABILITY)
+    write_json(paths.ERROR_CORRELATION, correlation.to_dict())
     fields = [] if kriging is None else kriging.fields
     write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),
                   fields)
