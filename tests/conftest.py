@@ -36,6 +36,7 @@ def tiny_params(world: Path, **overrides) -> Params:
         "data.last_year": 2020,
         "sample.time_before": 3,
         "map.years": [2020],
+        "map.polygons": str(world / "districts.geojson"),
         "train.epochs": 3,
         "train.num_runs": 2,
         "train.batch_size": 64,

@@ -25,9 +25,14 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def map_once(params, ensemble, calibration: dict, out_dir: Path, catalog: RasterCatalog | None = None,
-             fields=()) -> list[Path]:
+             fields=(), applicability=None, correlation=None) -> list[Path]:
     """The maps of `params` (the stage's work without its fixed paths)."""
+    return make_once(params, Ensemble(ensemble, calibration, fields, applicability, correlation), out_dir,
+                     catalog).maps
+
+
+def make_once(params, ensemble: Ensemble, out_dir: Path, catalog: RasterCatalog | None = None) -> mapping.MapOutputs:
+    """Everything a map run of `params` makes with `ensemble`, the maps under `out_dir`."""
     catalog = catalog or RasterCatalog.open(params.data)
     region = Region.from_config(params.data.region)
-    return mapping.make_maps(catalog, region, Ensemble(ensemble, calibration, fields), params, out_dir,
-                             {"SOCMAP_TEST": "1"})
+    return mapping.make_maps(catalog, region, ensemble, params, out_dir, {"SOCMAP_TEST": "1"})

@@ -29,6 +29,7 @@ from socmap.launch import distributed
 from socmap.patches import fill_missing, fill_values, window_counts
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
+from socmap.zonal import SUMS, Polygons
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class MapPlan:
     min_valid_fraction: float
     block_size: int  # pixels per side of a block, at most
     batch_size: int  # pixels per prediction batch
+    polygons: Polygons | None = None  # map.polygons on the grid: their means are summed up block by block
 
     @classmethod
     def build(cls, params: Params, catalog: RasterCatalog, region: Region) -> "MapPlan":
@@ -66,9 +68,10 @@ class MapPlan:
         needed, year_steps = plan_years(years, params.sample.time_before)
         window = region_window(catalog.grid, region)
         fills = fill_values(catalog, params.sample.fill)
+        polygons = None if params.map.polygons is None else Polygons.read(params.map.polygons, catalog.grid)
         return cls(tuple(years), tuple(needed), year_steps, params.sample.window_size, window,
                    tuple(split_blocks(window, params.map.block_size)), tuple(fills[b] for b in params.data.bands),
-                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size)
+                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size, polygons)
 
     @property
     def halo(self) -> int:
@@ -158,15 +161,50 @@ def predict_block(stack: np.ndarray, valid: np.ndarray, inside: np.ndarray, ense
     return out
 
 
+def dissimilarity_block(stack: np.ndarray, predicted: dict[int, np.ndarray], ensemble: Ensemble,
+                        plan: MapPlan) -> dict[int, np.ndarray]:
+    """Each map year's dissimilarity index [h, w] of the pixels predicted, from the patches they were
+    predicted from (`stack` as in `predict_block`); NaN elsewhere."""
+    out = {}
+    for year, steps in plan.year_steps.items():
+        members = predicted[year]
+        dissimilarity = np.full(members.shape[1:], np.nan)
+        pixels = np.flatnonzero(np.isfinite(members).all(axis=0))
+        for start in range(0, len(pixels), plan.batch_size):
+            rows, cols = np.divmod(pixels[start:start + plan.batch_size], members.shape[2])
+            dissimilarity[rows, cols] = ensemble.dissimilarity(block_patches(stack[..., steps], rows, cols,
+                                                                             plan.window_size))
+        out[year] = dissimilarity
+    return out
+
+
+def polygon_block_sums(plan: MapPlan, block: Window, ensemble: Ensemble, predicted: dict[int, np.ndarray],
+                       centres: tuple[np.ndarray, np.ndarray], kriging_variance: np.ndarray | None,
+                       dissimilarity: dict[int, np.ndarray] | None) -> dict:
+    """Map year -> polygon -> the sums of one block's pixels (`Polygons.block_sums`)."""
+    rows, cols = np.mgrid[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width]
+    out = {}
+    for year, members in predicted.items():
+        inside_aoa = None if dissimilarity is None else dissimilarity[year] <= ensemble.applicability.threshold
+        sigma = ensemble.shared_scale(members.mean(axis=0), kriging_variance)
+        out[year] = plan.polygons.block_sums(rows, cols, *centres, members, sigma, inside_aoa)
+    return out
+
+
 def map_block(catalog: RasterCatalog, region: Region, ensemble: Ensemble, plan: MapPlan,
               block: Window) -> dict[str, np.ndarray]:
-    """One block's output bands: read with its halo, fill, predict, krige, summarise."""
+    """One block's output bands: read with its halo, fill, predict, krige, summarise; with polygons their
+    sums too (under `socmap.zonal.SUMS`)."""
     filled, valid = fill_missing(read_halo(catalog, plan.needed, block, plan.halo), plan.fill_values, inplace=True)
     inside = region.mask(catalog.grid, block.row_off, block.col_off, block.height, block.width)
     predicted = predict_block(filled, valid, inside, ensemble, plan)
+    dissimilarity = None if ensemble.applicability is None else dissimilarity_block(filled, predicted, ensemble, plan)
     x, y = catalog.grid.centres(block.row_off, block.col_off, block.height, block.width)
     kriging_variance = ensemble.krige(predicted, x, y)
-    return ensemble.bands(predicted, plan.change, kriging_variance)
+    out = ensemble.bands(predicted, plan.change, kriging_variance, dissimilarity)
+    if plan.polygons is not None:
+        out[SUMS] = polygon_block_sums(plan, block, ensemble, predicted, (x, y), kriging_variance, dissimilarity)
+    return out
 
 
 def map_blocks(catalog: RasterCatalog, region: Region, ensemble: Ensemble,

@@ -1,11 +1,14 @@
 """Cloud-Optimized GeoTIFFs of the maps, written as the blocks stream in.
 
-Per map year, `soc_{year}.tif` holds four float32 bands: the ensemble mean, the ensemble standard
-deviation (between the run checkpoints), and the lower and upper bounds of the calibrated prediction
-interval (`socmap.intervals.prediction_interval`). With two or more years,
+Per map year, `soc_{year}.tif` holds float32 bands: the ensemble mean, the ensemble standard
+deviation (between the run checkpoints), the lower and upper bounds of the calibrated prediction
+interval (`socmap.intervals.prediction_interval`), the dissimilarity index and the area of
+applicability (1 inside, 0 outside; `socmap.applicability`). With two or more years,
 `soc_change_{first}_{last}.tif` holds the mean over the ensemble of each member's change (last minus
-first) and its standard deviation. A block's results go straight to a tiled GeoTIFF on disk, which is
-copied into a COG (with overviews) at the end, so memory stays one block's.
+first), its standard deviation, the interval of the change (`socmap.correlation.YearError`), whether
+the change is detectable (1: the interval excludes 0), the larger DI of the two years and the AOA of
+both. A block's results go straight to a tiled GeoTIFF on disk, which is copied into a COG (with
+overviews) at the end, so memory stays one block's.
 """
 
 from __future__ import annotations
@@ -28,15 +31,37 @@ COG_BLOCK = 256  # pixels per side of a COG tile (and of the overviews' smallest
 GDAL_CACHE_MB = 64  # GDAL's block cache is a share of RAM by default; a fixed cap keeps memory flat
 
 
-def band_descriptions(years: Sequence[int], interval: float) -> dict[str, list[str]]:
-    """Output name -> the description of each of its bands."""
+DISSIMILARITY = "dissimilarity index (DI)"
+APPLICABLE = "area of applicability (1 inside, 0 outside)"
+
+
+def band_descriptions(years: Sequence[int], interval: float, applicability: bool = False,
+                      change_interval: bool = False) -> dict[str, list[str]]:
+    """Output name -> the description of each of its bands; a band is in g/kg when its description starts
+    with "SOC" (`band_unit`).
+
+    Args:
+        applicability: whether the maps carry the DI and AOA bands; change_interval: whether the change
+            map carries its interval and detectability.
+    """
     nominal = f"{interval:.0%}"
+    extra = [DISSIMILARITY, APPLICABLE] if applicability else []
     out = {f"soc_{year}": ["SOC mean", "SOC ensemble std", f"SOC {nominal} interval lower",
-                           f"SOC {nominal} interval upper"] for year in years}
+                           f"SOC {nominal} interval upper", *extra] for year in years}
     if len(years) >= 2:
-        out[f"soc_change_{years[0]}_{years[-1]}"] = [f"SOC change {years[0]}-{years[-1]} mean",
-                                                      f"SOC change {years[0]}-{years[-1]} ensemble std"]
+        span = f"{years[0]}-{years[-1]}"
+        interval_bands = [f"SOC change {span} {nominal} interval lower", f"SOC change {span} {nominal} interval upper",
+                          f"change {span} detectable at {nominal} (1: the interval excludes 0)"]
+        both = [f"{DISSIMILARITY}, the larger of {years[0]} and {years[-1]}", f"{APPLICABLE} in both years"]
+        out[f"soc_change_{years[0]}_{years[-1]}"] = [f"SOC change {span} mean", f"SOC change {span} ensemble std",
+                                                      *(interval_bands if change_interval else []),
+                                                      *(both if applicability else [])]
     return out
+
+
+def band_unit(description: str) -> str:
+    """g/kg for the SOC bands; the DI and the 0/1 bands have none."""
+    return UNIT if description.startswith("SOC") else ""
 
 
 def write_maps(results: Iterator[tuple[Window, dict[str, np.ndarray]]], grid: GridSpec, window: Window,
@@ -67,7 +92,7 @@ def write_maps(results: Iterator[tuple[Window, dict[str, np.ndarray]]], grid: Gr
             for name, dataset in datasets.items():
                 for band, description in enumerate(descriptions[name], start=1):
                     dataset.set_band_description(band, description)
-                    dataset.set_band_unit(band, UNIT)
+                    dataset.set_band_unit(band, band_unit(description))
                 dataset.update_tags(**tags, SOCMAP_OUTPUT=name)
         for name in descriptions:
             # AVERAGE overviews skip nodata; the std overviews are averages too (fine for a quick look)

@@ -226,6 +226,8 @@ class MapConfig:
     batch_size: int = field(default=4096, metadata=bounds(ge=1))
     num_processes: int = field(default=1, metadata=bounds(ge=1))
     launch_args: str = ""
+    # polygons (districts, farms, protected areas) whose mean SOC is written with an interval; None: none
+    polygons: Optional[str] = str(paths.world_data() / paths.WORLD_DISTRICTS)
 
 
 @dataclass(frozen=True)

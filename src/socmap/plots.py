@@ -103,14 +103,20 @@ def plot_variograms(fields: list[ResidualField], path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pixels: int = 900) -> None:
+def preview(path: str | Path, png: str | Path, outline: list, title: str, aoa_band: int | None = None,
+            max_pixels: int = 900) -> None:
     """A PNG of a map's first two bands side by side (value and uncertainty), with colour bars in g/kg
-    and the region outline; read at most `max_pixels` per side (the COG's overviews serve it)."""
+    and the region outline, the pixels that are 0 in `aoa_band` (1-based: outside the area of
+    applicability) greyed; read at most `max_pixels` per side (the COG's overviews serve it)."""
     with rasterio.open(path) as src:
         step = max(1, math.ceil(max(src.width, src.height) / max_pixels))
-        shape = (2, math.ceil(src.height / step), math.ceil(src.width / step))
-        values = src.read([1, 2], out_shape=shape, masked=True)
+        shape = (math.ceil(src.height / step), math.ceil(src.width / step))
+        values = src.read([1, 2], out_shape=(2, *shape), masked=True)
         names = src.descriptions[:2]
+        # nearest, not the overviews' average: a pixel is inside or not
+        outside = None if aoa_band is None else (src.read(aoa_band, out_shape=shape, masked=True,
+                                                          resampling=rasterio.enums.Resampling.nearest) == 0
+                                                 ).filled(False)
         left, bottom, right, top = src.bounds
     change = "change" in (names[0] or "")
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), constrained_layout=True)
@@ -125,6 +131,12 @@ def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pi
             cmap = "viridis" if i == 0 else "magma"
         image = ax.imshow(data, cmap=cmap, vmin=low, vmax=high, extent=(left, right, bottom, top),
                           interpolation="nearest")
+        if outside is not None and outside.any():
+            ax.imshow(np.ma.masked_where(~outside, outside), cmap=matplotlib.colors.ListedColormap(["0.5"]),
+                      alpha=0.55, extent=(left, right, bottom, top), interpolation="nearest")
+            ax.legend(handles=[matplotlib.patches.Patch(facecolor="0.5", alpha=0.55, label=f"outside the area of applicability "
+                                                              f"({outside.mean():.0%} of the window)")],
+                      loc="lower left", fontsize=8)
         for xs, ys in outline:
             ax.plot(xs, ys, color="k", linewidth=0.8)
         ax.set_xlim(left, right)
@@ -136,6 +148,37 @@ def preview(path: str | Path, png: str | Path, outline: list, title: str, max_pi
         fig.colorbar(image, ax=ax, shrink=0.85, label=f"{names[i]} ({UNIT})")
     fig.suptitle(title)
     save_figure(fig, png)
+
+
+def plot_polygons(table: pd.DataFrame, shapes: list, outline: list, path: Path, title: str) -> None:
+    """A choropleth of each polygon's mean SOC and, beside it, the half width of its interval (g/kg)."""
+    import shapely
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Polygon as Patch
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4), constrained_layout=True)
+    half = (table["upper"] - table["lower"]) / 2 if "upper" in table else pd.Series(np.nan, index=table.index)
+    for ax, values, label, cmap in ((axes[0], table.get("mean"), f"mean SOC ({UNIT})", "viridis"),
+                                    (axes[1], half, f"interval half width ({UNIT})", "magma")):
+        patches, colours = [], []
+        for shape, value in zip(shapes, np.asarray(values, dtype=float)):
+            for part in getattr(shape, "geoms", [shape]):
+                patches.append(Patch(np.asarray(shapely.get_exterior_ring(part).coords)[:, :2], closed=True))
+                colours.append(value)
+        collection = PatchCollection(patches, cmap=cmap, edgecolor="0.2", linewidth=0.4)
+        colours = np.ma.masked_invalid(colours)
+        collection.set_array(colours)
+        ax.add_collection(collection)
+        for xs, ys in outline:
+            ax.plot(xs, ys, color="k", linewidth=0.8)
+        ax.autoscale_view()
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label)
+        fig.colorbar(collection, ax=ax, shrink=0.85, label=label)
+    fig.suptitle(title)
+    save_figure(fig, path)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 90) -> None:
