@@ -39,7 +39,8 @@ def test_maps_are_valid_cogs_on_the_reference_grid_with_bands_units_and_identity
         assert (profile["width"], profile["height"]) == (catalog.grid.width, catalog.grid.height)
         assert profile["dtype"] == "float32" and profile["nodata"] == -9999.0
         assert profile["tiled"] and profile["compress"] == "deflate"
-        assert meta["units"] == ("g/kg",) * len(values)
+        # the SOC bands in g/kg; the DI, the AOA and whether a change is detectable have no unit
+        assert meta["units"] == ("g/kg",) * 4 + (None,) * (len(values) - 4)
         assert meta["tags"]["SOCMAP_MODELS_SHA256"] == digest.hexdigest()
         assert meta["tags"]["SOCMAP_MODELS"].startswith("run_0.pt:")
         assert json.loads(meta["tags"]["SOCMAP_PARAMS"])["map.years"] == YEARS
@@ -56,9 +57,14 @@ def test_maps_are_valid_cogs_on_the_reference_grid_with_bands_units_and_identity
         np.testing.assert_array_equal(mapped[core], np.broadcast_to(inside, mapped.shape)[core], err_msg=name)
     _, meta = read(root / "data/maps/soc_2020.tif")
     assert meta["descriptions"] == ("SOC mean", "SOC ensemble std", "SOC 90% interval lower",
-                                    "SOC 90% interval upper")
+                                    "SOC 90% interval upper", "dissimilarity index (DI)",
+                                    "area of applicability (1 inside, 0 outside)")
     _, meta = read(root / "data/maps/soc_change_2018_2020.tif")
-    assert meta["descriptions"] == ("SOC change 2018-2020 mean", "SOC change 2018-2020 ensemble std")
+    assert meta["descriptions"] == ("SOC change 2018-2020 mean", "SOC change 2018-2020 ensemble std",
+                                    "SOC change 2018-2020 90% interval lower", "SOC change 2018-2020 90% interval upper",
+                                    "change 2018-2020 detectable at 90% (1: the interval excludes 0)",
+                                    "dissimilarity index (DI), the larger of 2018 and 2020",
+                                    "area of applicability (1 inside, 0 outside) in both years")
 
 
 def test_band_descriptions_name_the_interval_and_the_change():
@@ -68,6 +74,9 @@ def test_band_descriptions_name_the_interval_and_the_change():
                             "soc_2023": ["SOC mean", "SOC ensemble std", "SOC 80% interval lower",
                                          "SOC 80% interval upper"],
                             "soc_change_2018_2023": ["SOC change 2018-2023 mean", "SOC change 2018-2023 ensemble std"]}
+    trusted = band_descriptions([2018, 2023], 0.8, applicability=True, change_interval=True)
+    assert trusted["soc_2023"][4:] == ["dissimilarity index (DI)", "area of applicability (1 inside, 0 outside)"]
+    assert len(trusted["soc_change_2018_2023"]) == 7
 
 
 def test_an_interrupted_write_leaves_the_last_complete_maps_and_no_scratch(tmp_path):

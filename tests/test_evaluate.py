@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from figures import BASELINES, assert_figures, hand_made, sklearn_figures
+from socmap.baselines import baseline_names
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.evaluate import roles_matrix
@@ -30,14 +31,15 @@ def test_roles_matrix_and_split_errors():
         score(samples, predictions, roles, baselines, "holdout", EvaluateConfig(bootstrap=0))
 
 
-@pytest.mark.parametrize("mode", ["holdout", "kfold"])
-def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize("mode, kriging", [("holdout", "log"), ("kfold", "log"), ("holdout", "none")])
+def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode, kriging):
     from socmap import sample, split, train
     from socmap import evaluate as stage
     from conftest import tiny_params
 
     params = tiny_params(tiny_world, **{"train.epochs": 1, "train.num_runs": 3, "split.test_ratio": 0.2,
-                                        "split.mode": mode, "split.folds": 3, "evaluate.rf_min_samples_leaf": [2, 10]})
+                                        "split.mode": mode, "split.folds": 3, "evaluate.rf_min_samples_leaf": [2, 10],
+                                        "evaluate.kriging": kriging})
     monkeypatch.chdir(tmp_path)
     for module in (sample, split, train, stage):
         module.main(params)
@@ -50,9 +52,11 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
         assert test_ids.is_unique and len(test_ids) == len(pd.read_parquet(tmp_path / "data/processed/samples.parquet"))
     assert sorted(table["row_id"]) == sorted(test_ids)
     assert_figures(metrics, sklearn_figures(table["observed"], table["ensemble"]))
-    assert list(metrics["baselines"]) == BASELINES
-    assert_figures(metrics["kriging"]["unkriged"], sklearn_figures(table["observed"], table["unkriged"]))
-    for name in BASELINES:  # the training mean is constant: no Pearson correlation to recompute
+    baselines = BASELINES if kriging == "log" else baseline_names("none")
+    assert list(metrics["baselines"]) == baselines
+    if kriging == "log":
+        assert_figures(metrics["kriging"]["unkriged"], sklearn_figures(table["observed"], table["unkriged"]))
+    for name in baselines:  # the training mean is constant: no Pearson correlation to recompute
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]),
                        skip=("r2_pearson",) if name == "training_mean" else ())
     assert_figures(metrics["ceiling"]["truth"], sklearn_figures(table["observed"], table["truth"]))
@@ -63,4 +67,15 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     calibration = json.loads((tmp_path / "data/evaluate/calibration.json").read_text())
     assert calibration["n"] > 20 and calibration["spread_weight"] == 1.0
     assert sorted(os.listdir(tmp_path / "metrics/evaluate")) == ["metrics.json"]
-    assert len(load_fields(tmp_path / "data/evaluate/kriging.npz")) == 3
+    assert len(load_fields(tmp_path / "data/evaluate/kriging.npz")) == (3 if kriging == "log" else 0)
+    # where the map can be trusted: each test row's DI against the training rows of the model(s) predicting it
+    assert metrics["aoa_threshold"] == metrics["applicability"]["threshold"] > 0
+    assert metrics["aoa_test_inside"] == pytest.approx((table["dissimilarity"] <= metrics["aoa_threshold"]).mean())
+    assert (table["inside_aoa"] == (table["dissimilarity"] <= metrics["aoa_threshold"])).all()
+    assert (table["distance_km"] > 0).all()  # test rows are never training rows
+    profile = pd.read_csv(tmp_path / "plots/evaluate/error_by_dissimilarity.csv")
+    assert profile["n"].sum() == len(table) and profile["dissimilarity"].is_monotonic_increasing
+    assert pd.read_csv(tmp_path / "plots/evaluate/error_by_distance.csv")["n"].sum() == len(table)
+    correlation = json.loads((tmp_path / "data/evaluate/error_correlation.json").read_text())
+    assert len(correlation["places"]["variograms"]) == (0 if kriging == "log" else 3)  # without kriging, the runs'
+    assert (tmp_path / "data/evaluate/applicability.npz").is_file()

@@ -35,7 +35,8 @@ def test_nodata_outside_the_region_and_block_size_does_not_change_the_map(mapped
                              calibration, tmp_path / "whole", fields=fields)
     whole, _ = read(whole_path)
     # blocks of 16 vs 64: other batches, so equal up to the model's float32 rounding
-    np.testing.assert_allclose(whole, read(root / "data/maps/soc_2020.tif")[0], rtol=1e-5, atol=1e-5)
+    # (an ensemble without the DI's reference maps the first four bands of the stage's)
+    np.testing.assert_allclose(whole, read(root / "data/maps/soc_2020.tif")[0][:4], rtol=1e-5, atol=1e-5)
     values, meta = read(small_path)
     grid = RasterCatalog.open(params.data).grid
     assert meta["profile"]["width"] < grid.width and meta["profile"]["height"] == grid.height

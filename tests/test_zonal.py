@@ -153,3 +153,28 @@ def test_the_stage_writes_each_districts_mean_a_choropleth_and_the_map_metrics(m
         aoa = src.read(6, masked=True)
     assert metrics["maps"]["soc_2020"]["aoa_inside"] == pytest.approx(float((aoa == 1).sum() / aoa.count()))
     assert 0 <= metrics["maps"]["soc_change_2018_2020"]["detectable"] <= 1
+
+
+def test_a_map_without_kriging_of_a_single_member_still_has_its_trust_bands_and_polygon_intervals(mapped, ensemble,
+                                                                                                    calibration,
+                                                                                                    fields, tmp_path):
+    root, params = mapped
+    from socmap.applicability import Applicability
+    from socmap.io import read_json
+
+    applicability = Applicability.load(root / paths.APPLICABILITY)
+    stored = ErrorCorrelation.from_dict(read_json(root / paths.ERROR_CORRELATION, "evaluate"))
+    variograms = tuple((f.variogram.nugget, f.variogram.sill, f.variogram.range_km) for f in fields)
+    unkriged = ErrorCorrelation(SharedError(stored.places.floor, stored.places.bias, stored.places.rows, variograms),
+                                stored.years)
+    made = make_once(replace(params, **{"map.years": [2020]}),
+                     Ensemble(ensemble[:1], {**calibration, "runs": 1}, (), applicability, unkriged), tmp_path)
+    with rasterio.open(made.maps[0]) as src:
+        values = src.read(masked=True)
+        assert src.count == 6
+    assert values[1].mask.all()  # one member: no spread
+    assert (values[4].compressed() >= 0).all() and set(np.unique(values[5].compressed())) <= {0.0, 1.0}
+    table = made.polygons[2020]
+    assert table["pixels"].iloc[0] == values[0].count() and table["ensemble_std"].iloc[0] == 0.0
+    # the residuals' correlation, not independent pixels: far wider than σ / √n
+    assert table["std"].iloc[0] > 3 * table["pixel_std"].iloc[0] / np.sqrt(table["pixels"].iloc[0])

@@ -134,9 +134,10 @@ def preview(path: str | Path, png: str | Path, outline: list, title: str, aoa_ba
         if outside is not None and outside.any():
             ax.imshow(np.ma.masked_where(~outside, outside), cmap=matplotlib.colors.ListedColormap(["0.5"]),
                       alpha=0.55, extent=(left, right, bottom, top), interpolation="nearest")
-            ax.legend(handles=[matplotlib.patches.Patch(facecolor="0.5", alpha=0.55, label=f"outside the area of applicability "
-                                                              f"({outside.mean():.0%} of the window)")],
-                      loc="lower left", fontsize=8)
+            share = outside.sum() / max(int((~np.ma.getmaskarray(values[0])).sum()), 1)
+            label = f"outside the area of applicability ({share:.0%} of the mapped pixels)"
+            ax.legend(handles=[matplotlib.patches.Patch(facecolor="0.5", alpha=0.55, label=label)], loc="lower left",
+                      fontsize=8)
         for xs, ys in outline:
             ax.plot(xs, ys, color="k", linewidth=0.8)
         ax.set_xlim(left, right)

@@ -38,7 +38,7 @@ from socmap.grid import GridSpec
 from socmap.kriging import ResidualField
 from socmap.metrics import spread
 
-SAMPLE_PIXELS = 500  # pixels of a large polygon whose pairs give its shared variance
+SAMPLE_PIXELS = 300  # pixels of a large polygon whose pairs give its shared variance
 SUMS = "polygon_sums"  # the entry of a block's outputs that carries its polygon sums (not a band)
 
 
@@ -107,13 +107,13 @@ class Polygons:
             sigma: [h, w] each pixel's shared scale; inside_aoa: [h, w] bool, or None.
         """
         mapped = np.isfinite(predicted).all(axis=0)
-        left, right, bottom, top = x.min(), x.max(), y.min(), y.max()
         out = {}
         for index, shape in enumerate(self.shapes):
             west, south, east, north = shape.bounds
-            if west > right or east < left or south > top or north < bottom:
+            here = mapped & (x >= west) & (x <= east) & (y >= south) & (y <= north)  # the cheap test first
+            if not here.any():
                 continue
-            here = mapped & shapely.intersects_xy(shape, x, y)
+            here[here] = shapely.intersects_xy(shape, x[here], y[here])
             if not here.any():
                 continue
             step = self.steps[index]
