@@ -8,7 +8,11 @@ KRIGING_SITES training rows (Bavaria's survey density; `evaluate.kriging` and
 `socmap map` does. Figures:
 
 - pixels_per_s: region pixels mapped per second, end to end (read, fill, patches,
-  ensemble, kriging, intervals, COG with overviews), the better of the two runs below;
+  ensemble, kriging, intervals, dissimilarity index and AOA, the means of the world's
+  simulated districts with their intervals, COG with overviews), the better of the two
+  runs below;
+- trust_cost: the share of that time the DI, AOA and district means take (the same
+  map without them, in this process);
 - ratio_to_forward: that against the ensemble's forward throughput on pre-built
   batches of `map.batch_size` patches, best of three (target >= 0.7);
   ratio_to_forward_by_parts: the same from the forward time and the time of
@@ -48,9 +52,11 @@ import rasterio
 import torch
 
 from socmap.config import Params, load_params, params_to_dict, replace
+from socmap.applicability import Applicability, history_features
+from socmap.correlation import ErrorCorrelation, SharedError, YearError
 from socmap.intervals import fit_calibration
 from socmap.kriging import ResidualField, Variogram
-from socmap.blocks import region_window
+from socmap.blocks import block_patches, read_halo, region_window, Window
 from socmap.ensemble import Ensemble
 from socmap.mapping import make_maps
 from socmap.models import ModelSpec
@@ -76,7 +82,8 @@ def world_params(world: Path, bbox: list[float]) -> Params:
         "simulate.bbox": WORLD_BBOX, "simulate.resolution_m": 250.0, "simulate.static_resolution_m": 125.0,
         "simulate.first_year": 2016, "simulate.sites": 300, "simulate.lucas_years": [2018]})
     return replace(params, **{"data.rasters.dir": str(world / "rasters"), "data.points.path": str(world / "points.csv"),
-                              "data.region.bbox": bbox, "data.first_year": 2016, "map.years": [2023]})
+                              "data.region.bbox": bbox, "data.first_year": 2016, "map.years": [2023],
+                              "map.polygons": str(world / "districts.geojson")})
 
 
 def random_ensemble(params: Params) -> list[Predictor]:
@@ -112,6 +119,25 @@ def kriging_fields(params: Params, runs: int) -> list[ResidualField]:
     return fields
 
 
+def applicability(params: Params) -> Applicability:
+    """The DI's reference from the patches of KRIGING_SITES random pixels (as many training rows as the
+    fields have), 80 % of them training rows, all bands equally important."""
+    catalog = RasterCatalog.open(params.data)
+    grid, year, steps = catalog.grid, params.map.years[-1], params.sample.time_before
+    halo = params.sample.window_size // 2
+    stack, _ = fill_missing(read_halo(catalog, list(range(year - steps + 1, year + 1)),
+                                      Window(0, 0, grid.height, grid.width), halo), list(fill_values(catalog, "mean").values()))
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, grid.height, KRIGING_SITES), rng.integers(0, grid.width, KRIGING_SITES)
+    static = np.isin(list(params.data.bands), params.data.static_bands)
+    features = history_features(block_patches(stack, rows, cols, params.sample.window_size), static)
+    roles = np.where(np.arange(KRIGING_SITES) < 0.8 * KRIGING_SITES, "train", "val")[None]
+    return Applicability.fit(features, roles, np.ones(len(static)), static, steps)[0]
+
+
+CORRELATION = ErrorCorrelation(SharedError(floor=0.02, bias=0.14, rows=1000), YearError(0.7, 1.6, 0.9, 300))
+
+
 class NullModel:
     """Stands in for a member to time everything but the model."""
 
@@ -127,13 +153,16 @@ def calibration(runs: int) -> dict:
     return fit_calibration(rng.normal(25, 8, 200), rng.normal(25, 8, 200), np.abs(rng.normal(2, 1, 200)), runs, 0.9)
 
 
-def stream(params: Params, ensemble: list, out_dir: Path) -> tuple[int, float]:
-    """Map once with kriging fields for the members; (pixels mapped in the region, seconds)."""
+def stream(params: Params, ensemble: list, out_dir: Path, trust: bool = True) -> tuple[int, float]:
+    """Map once with kriging fields for the members (with `trust`, the DI, AOA and district means too);
+    (pixels mapped in the region, seconds)."""
     catalog, region = RasterCatalog.open(params.data), Region.from_config(params.data.region)
     fill_values(catalog, "mean")  # one-off statistics over the grid, not per-pixel work
     fields = kriging_fields(params, len(ensemble))
+    extra = (applicability(params), CORRELATION) if trust else (None, None)
     start = time.perf_counter()
-    (path,) = make_maps(catalog, region, Ensemble(ensemble, calibration(len(ensemble)), fields), params, out_dir, {})
+    (path,) = make_maps(catalog, region, Ensemble(ensemble, calibration(len(ensemble)), fields, *extra), params,
+                        out_dir, {}).maps
     seconds = time.perf_counter() - start
     with rasterio.open(path) as src:
         pixels = int((src.read(1) != src.nodata).sum())
@@ -221,6 +250,8 @@ def main() -> None:
         pixels_per_s = max(run["pixels"] / run["seconds"] for run in memory.values())
         forward = max(forward_throughput(ensemble, params) for _ in range(3))  # best of 3: the model's ceiling
         _, plumbing_seconds = stream(params, [NullModel(m) for m in ensemble], Path(tmp) / "null")
+        _, trusted_seconds = stream(params, ensemble, Path(tmp) / "trusted")
+        _, plain_seconds = stream(params, ensemble, Path(tmp) / "plain", trust=False)
         naive = naive_seconds_per_pixel(params, np.random.default_rng(0))
 
     streaming_read = plumbing_seconds / pixels
@@ -243,6 +274,9 @@ def main() -> None:
         # the stage's time is the model's plus everything else (timed alone with constant members)
         "ratio_to_forward_by_parts": round((1 / forward) / (1 / forward + streaming_read), 3),
         "read_patch_write_pixels_per_s": round(1 / streaming_read, 1),
+        # the DI, AOA and district means: their share of a map's time (both maps in this process)
+        "trust_cost": round(1 - plain_seconds / trusted_seconds, 3),
+        "trust_seconds": [round(trusted_seconds, 2), round(plain_seconds, 2)],
         "naive_read_pixels_per_s": round(1 / naive, 1),
         "naive_timed_on_pixels": NAIVE_PIXELS,
         "speedup_vs_naive_read": round(naive / streaming_read, 1),
