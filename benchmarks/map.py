@@ -125,8 +125,8 @@ def applicability(params: Params) -> Applicability:
     catalog = RasterCatalog.open(params.data)
     grid, year, steps = catalog.grid, params.map.years[-1], params.sample.time_before
     halo = params.sample.window_size // 2
-    stack, _ = fill_missing(read_halo(catalog, list(range(year - steps + 1, year + 1)),
-                                      Window(0, 0, grid.height, grid.width), halo), list(fill_values(catalog, "mean").values()))
+    read = read_halo(catalog, list(range(year - steps + 1, year + 1)), Window(0, 0, grid.height, grid.width), halo)
+    stack, _ = fill_missing(read, list(fill_values(catalog, "mean").values()))
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, grid.height, KRIGING_SITES), rng.integers(0, grid.width, KRIGING_SITES)
     static = np.isin(list(params.data.bands), params.data.static_bands)

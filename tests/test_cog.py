@@ -61,7 +61,8 @@ def test_maps_are_valid_cogs_on_the_reference_grid_with_bands_units_and_identity
                                     "area of applicability (1 inside, 0 outside)")
     _, meta = read(root / "data/maps/soc_change_2018_2020.tif")
     assert meta["descriptions"] == ("SOC change 2018-2020 mean", "SOC change 2018-2020 ensemble std",
-                                    "SOC change 2018-2020 90% interval lower", "SOC change 2018-2020 90% interval upper",
+                                    "SOC change 2018-2020 90% interval lower",
+                                    "SOC change 2018-2020 90% interval upper",
                                     "change 2018-2020 detectable at 90% (1: the interval excludes 0)",
                                     "dissimilarity index (DI), the larger of 2018 and 2020",
                                     "area of applicability (1 inside, 0 outside) in both years")

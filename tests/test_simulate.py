@@ -118,7 +118,7 @@ def test_the_truth_over_pixels_is_the_truth_at_the_survey_rows(tiny_world):
 
 def test_districts_tile_the_bbox_in_about_equal_cells():
     import shapely
-    from socmap.simulate import districts
+    from socmap.landscape import districts
 
     cfg = replace(load_params(ROOT / "params.yaml"), **{"simulate.bbox": [10.0, 48.0, 12.0, 49.0]}).simulate
     grid, _ = make_grids(cfg)

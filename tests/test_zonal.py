@@ -87,7 +87,8 @@ def test_the_table_holds_each_polygons_mean_and_interval(tmp_path):
     whole = ErrorCorrelation(SharedError(1.0, 0.0, 10), YearError(0.0, 1.6, 0.9, 0))
     table = polygon_table(polygons, sums, whole, calibration, (), with_aoa=False)
     first = table.iloc[0]
-    assert first["pixels"] == 12 and first["mean"] == pytest.approx(12.0) and first["ensemble_std"] == pytest.approx(2.0)
+    assert first["pixels"] == 12 and first["mean"] == pytest.approx(12.0)
+    assert first["ensemble_std"] == pytest.approx(2.0)
     # wholly shared errors: the mean's shared sd is the pixels' σ, not σ / √12; the members' part 2² / 3
     assert first["std"] == pytest.approx(math.sqrt(4.0 + 4.0 / 3))
     assert first["upper"] - first["mean"] == pytest.approx(normal_quantile(0.9) * first["std"])
@@ -128,7 +129,8 @@ def test_polygon_intervals_cover_the_true_polygon_means_at_the_nominal_rate(mapp
     covered = scored["truth"].between(scored["lower"], scored["upper"])
     assert abs(covered.mean() - 0.9) <= 0.05, covered.mean()
     # the mean of independent pixel errors, shrinking like 1/√n, would miss far more often
-    naive = normal_quantile(0.9) * np.sqrt(scored["pixel_std"] ** 2 / scored["pixels"] + scored["ensemble_std"] ** 2 / 2)
+    naive = normal_quantile(0.9) * np.sqrt(scored["pixel_std"] ** 2 / scored["pixels"]
+                                           + scored["ensemble_std"] ** 2 / 2)
     assert ((scored["truth"] - scored["mean"]).abs() <= naive).mean() < 0.8
 
 

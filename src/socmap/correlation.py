@@ -222,7 +222,8 @@ class ErrorCorrelation:
         """From the runs' predictions [K, N] (kriged) and what kriging added (None: no kriging; the places'
         correlation then comes from each run's variogram of its training residuals, log ratios)."""
         targets = samples["target"].to_numpy(np.float64)
-        honest = HonestErrors.of(targets, predictions, roles, calibration, None if kriging is None else kriging.variance)
+        variance = None if kriging is None else kriging.variance
+        honest = HonestErrors.of(targets, predictions, roles, calibration, variance)
         variograms = []
         if kriging is None:
             xy = samples[["x", "y"]].to_numpy(np.float64)

@@ -1,14 +1,17 @@
-"""The simulated landscape: terrain, hidden land cover, the yearly bands and the hidden soil classes.
+"""The simulated landscape: terrain, hidden land cover, the yearly bands, the hidden soil classes and
+the districts.
 
 Everything here is a raster of the world's grids: the yearly bands on a grid of `resolution_m` in a
 metric CRS over `simulate.bbox` (`simulate.crs`, or EPSG:25832 when that is lon/lat), the static
 Elevation on a grid `resolution_m / static_resolution_m` times finer, as the real 500 m and 250 m
-products are. `socmap.simulate` draws the survey rows and their SOC on it.
+products are; the districts are lon/lat polygons over the bbox. `socmap.simulate` draws the survey
+rows and their SOC on it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from scipy import ndimage
@@ -39,6 +42,8 @@ PARENT_PATCH_KM, PARENT_OFFSET = 10.0, 0.35
 PARENT_SIGNATURE = {"SoilEvaporation": 20.0, "LAI": 0.3}
 # random streams of their own, so that a world with a knob on shares every other draw with one without
 REGIONAL_STREAM, PARENT_STREAM, DISTRICT_STREAM = 1, 2, 3
+DISTRICT_KM2 = 750.0  # km² per simulated district: Bavaria's 96 districts over its 70,550 km²
+DISTRICT_RELAXATIONS = 3  # moves of the district centres to their cells' centroids
 
 
 def make_grids(cfg: SimulateConfig) -> tuple[GridSpec, GridSpec]:
@@ -187,3 +192,26 @@ def regional_field(cfg: SimulateConfig, grid: GridSpec) -> np.ndarray:
     k = 2 * np.pi / (REGIONAL_WAVELENGTH_KM * 1000.0)
     waves = [np.cos(k * (x * np.cos(a) + y * np.sin(a)) + p) for a, p in zip(angle, phase)]
     return np.sqrt(2.0 / REGIONAL_WAVES) * np.sum(waves, axis=0)
+
+
+def districts(cfg: SimulateConfig, grid: GridSpec) -> list:
+    """Simulated districts over the bbox, lon/lat polygons: Voronoi cells of random centres (a random
+    stream of their own) moved to their cells' centroids a few times, so that they come out of about
+    equal size, one per `DISTRICT_KM2` of the bbox as Bavaria's 96 are."""
+    to_metric = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    box = shapely.segmentize(shapely.box(*cfg.bbox), 0.01)  # its edges bend in the metric CRS
+    area = shapely.transform(box, lambda xy: np.stack(to_metric.transform(*xy.T), axis=1))
+    count = max(1, round(area.area / 1e6 / DISTRICT_KM2))
+    cells = [area]
+    if count > 1:
+        rng = stream(cfg, DISTRICT_STREAM)
+        west, south, east, north = area.bounds
+        centres = shapely.points(rng.uniform(west, east, 4 * count), rng.uniform(south, north, 4 * count))
+        centres = centres[shapely.contains(area, centres)][:count]
+        for _ in range(DISTRICT_RELAXATIONS + 1):
+            cells = [cell.intersection(area) for cell in
+                     shapely.voronoi_polygons(shapely.multipoints(centres), extend_to=area, ordered=True).geoms]
+            centres = shapely.centroid(cells)
+    return [shapely.transform(cell, lambda xy: np.round(np.stack(to_lonlat.transform(*xy.T), axis=1), 6))
+            for cell in cells]

@@ -151,7 +151,8 @@ def preview_title(name: str, members: int, time_before: int) -> str:
 
 
 def main(params: Params) -> None:
-    """`socmap map`: models/ + data/evaluate/ + rasters -> data/maps/*.tif, previews in plots/map/."""
+    """`socmap map`: models/ + data/evaluate/ + rasters -> data/maps/*.tif, data/polygons/*.csv, previews and
+    choropleths in plots/map/, metrics/map.json."""
     from accelerate import PartialState
 
     from socmap.launch import relaunch

@@ -38,9 +38,9 @@ from socmap import paths
 from socmap.config import SampleConfig, SimulateConfig
 from socmap.grid import NODATA, GridSpec
 from socmap.io import atomic_path, write_json
-from socmap.landscape import (COVER_RELIEF_PX, COVERS, DISTRICT_STREAM, UNITS, YEARLY_BANDS, block_mean, elevation,
+from socmap.landscape import (COVER_RELIEF_PX, COVERS, UNITS, YEARLY_BANDS, block_mean, districts, elevation,
                               land_cover, make_grids, output_grids, parent_material, regional_field, smooth_field,
-                              stream, terrain, with_signature, yearly_bands)
+                              terrain, with_signature, yearly_bands)
 from socmap.paths import DEFAULT_WORLD, world_data, world_plots
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ RESIDUAL_SD, RESIDUAL_RANGE_KM = 0.25, 12.0
 # under forest and on drained peat (sign per cover, in COVERS order)
 INTERACTION_BAND = "TotalEvapotranspiration"
 INTERACTION_SIGN = np.array([1.0, 0.5, -0.5, -1.0])
-DISTRICT_KM2 = 750.0  # km² per simulated district: Bavaria's 96 districts over its 70,550 km²
-DISTRICT_RELAXATIONS = 3  # moves of the district centres to their cells' centroids
 
 
 
@@ -198,7 +196,8 @@ def covariate_log_soc(world: World, row: np.ndarray, col: np.ndarray, t: np.ndar
         + history_slope * npp_history(world.bands["MODIS_NPP"], t, row, col, cfg)
         + B_LST * (lst[t, row, col] - lst.mean()) / lst.std()
         + cfg.aspect_effect * zscore(northness[row, col], northness)
-        + cfg.interaction * INTERACTION_SIGN[here] * cover_anomaly(world.bands[INTERACTION_BAND], world.cover)[t, row, col]
+        + cfg.interaction * INTERACTION_SIGN[here]
+        * cover_anomaly(world.bands[INTERACTION_BAND], world.cover)[t, row, col]
         + world.parent_offset[row, col]
     )
 
@@ -355,29 +354,6 @@ def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | N
     log.info("simulated %d rows on a %d×%d grid: r2_full %.3f, r2_covariates %.3f", len(table),
              coarse.height, coarse.width, oracle["r2_full"], oracle["r2_covariates"])
     return oracle
-
-
-def districts(cfg: SimulateConfig, grid: GridSpec) -> list:
-    """Simulated districts over the bbox, lon/lat polygons: Voronoi cells of random centres (a random
-    stream of their own) moved to their cells' centroids a few times, so that they come out of about
-    equal size, one per `DISTRICT_KM2` of the bbox as Bavaria's 96 are."""
-    to_metric = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
-    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
-    box = shapely.segmentize(shapely.box(*cfg.bbox), 0.01)  # its edges bend in the metric CRS
-    area = shapely.transform(box, lambda xy: np.stack(to_metric.transform(*xy.T), axis=1))
-    count = max(1, round(area.area / 1e6 / DISTRICT_KM2))
-    cells = [area]
-    if count > 1:
-        rng = stream(cfg, DISTRICT_STREAM)
-        west, south, east, north = area.bounds
-        centres = shapely.points(rng.uniform(west, east, 4 * count), rng.uniform(south, north, 4 * count))
-        centres = centres[shapely.contains(area, centres)][:count]
-        for _ in range(DISTRICT_RELAXATIONS + 1):
-            cells = [cell.intersection(area) for cell in
-                     shapely.voronoi_polygons(shapely.multipoints(centres), extend_to=area, ordered=True).geoms]
-            centres = shapely.centroid(cells)
-    return [shapely.transform(cell, lambda xy: np.round(np.stack(to_lonlat.transform(*xy.T), axis=1), 6))
-            for cell in cells]
 
 
 def districts_geojson(cells: list) -> str:
