@@ -15,7 +15,7 @@ Targets: socmap at least 20× faster than naive and at most 2× the floor.
 
     .venv/bin/python benchmarks/extract.py [--naive-rows 200]
 
-The last line printed is one JSON object with the figures.
+The last line printed is one JSON object with the figures; `cpu` names the machine (`machine.cpu_note`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from socmap.points import clean, read_survey
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
 from socmap.simulate import simulate
+
+from machine import cpu_note
 
 BBOX = [10.9, 48.0, 12.6, 49.3]  # about 125 × 145 km of central Bavaria
 WORLD = {
@@ -113,6 +115,7 @@ def main() -> None:
         years = window_years(kept["year"].to_numpy(), params.sample.time_before, params.data.first_year)
         subsample = np.random.default_rng(0).choice(len(kept), size=min(args.naive_rows, len(kept)), replace=False)
         result = {
+            "cpu": cpu_note(),
             "world": {"bbox": BBOX, "grid": catalog.grid.to_dict()["shape"], "res_m": catalog.grid.res[0],
                       "rasters": len(catalog.files), "rows": len(kept), "bands": len(params.data.bands),
                       "time_before": params.sample.time_before},

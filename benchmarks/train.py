@@ -10,7 +10,7 @@ memory-mapped from a temporary .npy as the stage reads them.
 
     python benchmarks/train.py [--batches 12] [--repeats 5] [--threads N]
 
-The last line printed is one JSON object.
+The last line printed is one JSON object; `cpu` names the machine (`machine.cpu_note`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from socmap import training
 from socmap.launch import make_accelerator
 from socmap.config import Params
 from socmap.models import ModelSpec
+
+from machine import cpu_note
 
 
 def best_time(fn, repeats: int) -> float:
@@ -97,7 +99,9 @@ def main() -> None:
     fixed_s = best_time(fixed_batch_steps, args.repeats)
     validate_s = best_time(lambda: training.validate(model, data, accelerator, cfg.tta), args.repeats)
     result = {
+        "cpu": cpu_note(),
         "device": str(accelerator.device),
+        "cuda": "ran on CUDA" if torch.cuda.is_available() else "skipped: no CUDA device on this machine",
         "threads": torch.get_num_threads(),
         "model": cfg.model,
         "augment": cfg.augment,

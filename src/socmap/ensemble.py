@@ -1,7 +1,8 @@
 """The ensemble that maps: the run checkpoints, each paired by run id with its kriging field, and the
 interval calibration they share.
 
-A map pixel is predicted by every member (`Ensemble.predict`), each member's prediction is
+A map pixel is predicted by every member (`Ensemble.predict`, all members and test-time views in one
+batched forward pass: `socmap.stacked`), each member's prediction is
 regression-kriged from its own run's training residuals (`Ensemble.krige`) exactly as the evaluate
 stage scores it, and the figures of the pixel are the members' mean, their spread (ddof 1, as the
 calibration uses) and the calibrated interval around the mean (`Ensemble.bands`).
@@ -23,6 +24,7 @@ from socmap.io import read_json
 from socmap.kriging import ResidualField, load_fields
 from socmap.metrics import spread
 from socmap.predict import Predictor, load_ensemble
+from socmap.stacked import StackedEnsemble
 
 
 class Ensemble:
@@ -36,6 +38,7 @@ class Ensemble:
                               f"{len(self.members)} checkpoints in models/; rerun `socmap evaluate`")
         by_run = dict(enumerate(fields))  # the evaluate stage writes one field per run, in run order
         self.fields = [by_run[member.run] for member in self.members] if fields else []
+        self.model = StackedEnsemble(self.members)
 
     @classmethod
     def load(cls, device: str | torch.device | None = None, models: str | os.PathLike = paths.MODELS,
@@ -59,9 +62,7 @@ class Ensemble:
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """Each member's prediction (g/kg) for a batch of raw patches: [B, C, ws, ws, T] -> float32 [M, B]."""
-        x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.members[0].device)  # moved once for all
-        with torch.inference_mode():
-            return np.stack([member.predict_tensor(x).float().cpu().numpy() for member in self.members])
+        return self.model.predict_tensor(torch.from_numpy(np.ascontiguousarray(patches))).float().cpu().numpy()
 
     def krige(self, predicted: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
         """Apply each member's kriged residual to its predictions [M, h, w] of every year, in place.

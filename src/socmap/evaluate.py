@@ -93,6 +93,7 @@ def main(params) -> None:
     (the interval calibration and the kriging fields)."""
     from socmap.predict import load_ensemble
     from socmap.region import Region
+    from socmap.stacked import StackedEnsemble
 
     cfg = params.evaluate
     grid_crs = read_json(paths.REPORT, "sample")["grid"]["crs"]
@@ -102,7 +103,7 @@ def main(params) -> None:
     predictors = load_ensemble(paths.MODELS)
     roles = roles_matrix(pd.read_parquet(paths.SPLIT), samples["row_id"].to_numpy(), len(predictors))
     targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
-    unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
+    unkriged = StackedEnsemble(predictors).predict(patches, cfg.batch_size)  # [runs, N]
     predictions, kriging = krige_runs(xy, targets, unkriged, roles, cfg.kriging, cfg.kriging_neighbours)
     static = np.isin(list(predictors[0].spec.band_names), params.data.static_bands)
     baselines, chosen = baseline_predictions(patches, static, targets, roles, cfg, xy)
