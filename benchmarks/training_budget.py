@@ -17,6 +17,10 @@ Figures per world and budget (means over the runs):
 - epochs: epochs trained (the stop), seconds: their wall time (predictions excluded; a shared
   machine's load inflates it, so `epochs` is the figure to compare costs by).
 
+`forests` (with --forest-trees): the baselines' random forests of the evaluate stage fitted with each
+number of trees (`evaluate.rf_trees`) on each run's training rows, their r2 on its validation rows and
+the seconds of a fit (leaf size tuned as the stage tunes it).
+
 `ensemble` (with --ensemble-worlds): members trained on run 0's training rows with train.seed 0..K-1
 (one budget per entry of --ensemble-budgets), their mean's crossfitted r2 on run 0's validation rows for
 1..K members: what `train.num_runs` buys in accuracy (it also sets the spread the intervals are
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from socmap import paths, train, training
+from socmap import baselines, paths, train, training
 from socmap.config import Params, load_params, replace
 from socmap.launch import make_accelerator
 from socmap.metrics import r2_score
@@ -171,6 +175,30 @@ def ensemble_r2(curves: list[Curve], observed: np.ndarray, halves: tuple[np.ndar
     return out
 
 
+def forest_budget(params: Params, inputs: train.TrainInputs, runs: int, tree_counts: list[int]) -> dict:
+    """The baselines' forests (`socmap.baselines.fit_forest`, leaf size tuned as evaluate tunes it) with
+    each number of trees: r2 on the runs' validation rows and the seconds of a fit."""
+    patches, targets = inputs.patches, inputs.samples["target"].to_numpy(np.float64)
+    static = np.isin(list(params.data.bands), params.data.static_bands)
+    features = {"rf_survey_year": baselines.survey_year_features(patches),
+                "rf_features": baselines.history_features(patches, static)}
+    out: dict[str, dict] = {}
+    for trees in tree_counts:
+        scores, seconds = {name: [] for name in features}, []
+        for run in range(runs):
+            train_pos, val_pos = train.run_rows(inputs.samples, inputs.split, run)
+            for name, x in features.items():
+                started = time.perf_counter()
+                model, _ = baselines.fit_forest(x[train_pos], targets[train_pos], x[val_pos], targets[val_pos], trees,
+                                                params.evaluate.rf_min_samples_leaf, params.evaluate.seed + run)
+                seconds.append(time.perf_counter() - started)
+                scores[name].append(round(r2_score(targets[val_pos], model.predict(x[val_pos])), 4))
+        out[f"trees{trees}"] = {**{f"{name}_val_r2_runs": values for name, values in scores.items()},
+                                **{f"{name}_val_r2": round(float(np.mean(v)), 4) for name, v in scores.items()},
+                                "seconds_per_fit": round(float(np.mean(seconds)), 2)}
+    return out
+
+
 def study_world(params: Params, world: dict, args, ensemble: bool) -> dict:
     """Every budget of `args` on one world."""
     with tempfile.TemporaryDirectory(prefix="socmap-budget-") as tmp:
@@ -178,6 +206,7 @@ def study_world(params: Params, world: dict, args, ensemble: bool) -> dict:
         params, inputs = world_inputs(params, world, folder)
         targets = inputs.samples["target"].to_numpy(np.float64)
         samples = pd.read_parquet(folder / paths.SAMPLES)
+        forests = forest_budget(params, inputs, args.runs, args.forest_trees) if args.forest_trees else None
         budgets: dict[str, list[dict]] = {}
         for batch_size, epochs in args.budgets:
             cfg = replace(params, **{"train.batch_size": batch_size, "train.epochs": epochs})
@@ -189,7 +218,7 @@ def study_world(params: Params, world: dict, args, ensemble: bool) -> dict:
                 for patience in PATIENCES:
                     key = f"batch{batch_size}_epochs{epochs}_patience{patience}"
                     budgets.setdefault(key, []).append(read_budget(curve, data.target_val, halves, patience))
-        result = {"rows": len(targets), "budgets": {
+        result = {"rows": len(targets), **({"forests": forests} if forests else {}), "budgets": {
             key: {"batch_size": int(key.split("_")[0][5:]), "epochs_max": int(key.split("_")[1][6:]),
                   "patience": int(key.split("_")[2][8:]),
                   **{name: round(float(np.mean([r[name] for r in runs])), 4) for name in runs[0]},
@@ -219,13 +248,15 @@ def main() -> None:
     parser.add_argument("--worlds", nargs="+", default=["default", "context_15km", "history_3_recent",
                                                          "latent_classes_4"], choices=list(WORLDS))
     parser.add_argument("--runs", type=int, default=3, help="split runs trained per budget")
-    parser.add_argument("--budgets", nargs="+", type=budget,
+    parser.add_argument("--budgets", nargs="*", type=budget,
                         default=[(256, 60), (256, 40), (256, 30), (256, 20), (512, 60), (512, 30)],
                         help="batch_size:epochs pairs; patience is read off each curve")
     parser.add_argument("--ensemble-worlds", nargs="*", default=["default"], choices=list(WORLDS))
     parser.add_argument("--ensemble-budgets", nargs="+", type=budget, default=[(256, 60, 15)],
                         help="batch_size:epochs:patience of the ensemble members")
     parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--forest-trees", nargs="*", type=int, default=[300, 100],
+                        help="evaluate.rf_trees values to compare (the baselines' forests); none: skip")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     if params.train.threads:

@@ -39,6 +39,7 @@ def tiny_params(world: Path, **overrides) -> Params:
         "train.epochs": 3,
         "train.num_runs": 2,
         "train.batch_size": 64,
+        "train.parallel_runs": 1,  # worker processes take seconds to start: more than these runs take
         "evaluate.bootstrap": 50,
         "evaluate.rf_trees": 20,
     }

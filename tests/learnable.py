@@ -13,7 +13,7 @@ from socmap.launch import make_accelerator
 
 ROWS, BANDS, WINDOW, YEARS = 600, 6, 5, 3
 FAST = {"train.epochs": 8, "train.lr": 3e-3, "train.scheduler": "none", "train.batch_size": 64,
-        "train.patience": 0, "train.num_runs": 2}
+        "train.patience": 0, "train.num_runs": 2, "train.parallel_runs": 1}
 
 
 def write_inputs(root: Path, seed: int = 0) -> None:

@@ -186,7 +186,7 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata=bounds(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     batch_size: int = field(default=256, metadata=bounds(ge=1))
-    epochs: int = field(default=60, metadata=bounds(ge=1))
+    epochs: int = field(default=40, metadata=bounds(ge=1))
     patience: int = field(default=15, metadata=bounds(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
@@ -202,6 +202,7 @@ class TrainConfig:
     # fp32: full precision; fp16 / bf16 on GPU only. Not "no": `dvc exp run -S` writes it unquoted, YAML reads False
     mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = field(default=1, metadata=bounds(ge=0))  # torch CPU threads per process; 0: one per core
+    parallel_runs: int = field(default=0, metadata=bounds(ge=0))  # runs trained side by side; 0: one per core
     num_processes: int = field(default=1, metadata=bounds(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))  # epochs between resume checkpoints

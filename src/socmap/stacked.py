@@ -127,8 +127,6 @@ class StackedEnsemble:
     """Members of one architecture as one model: raw patches [B, C, W, W, T] -> each member's g/kg [M, B]."""
 
     def __init__(self, members: Sequence[Predictor]):
-        if not members:
-            raise SocmapError("models/: no checkpoints to predict with; run `socmap train` first")
         spec = members[0].spec
         for member in members[1:]:
             if member.spec != spec:

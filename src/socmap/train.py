@@ -1,7 +1,8 @@
 """`socmap train`: one model per split run under accelerate, the best epoch of each kept, logged with dvclive.
 
 holdout: runs 0..train.num_runs-1; kfold: one model per fold of the split. Each run trains as
-`socmap.training` describes; models/run_{k}.pt holds a copy of its best epoch's weights with what a
+`socmap.training` describes, on a CPU side by side with others in worker processes (`socmap.workers`,
+train.parallel_runs); models/run_{k}.pt holds a copy of its best epoch's weights with what a
 predictor needs (the model spec, the feature and target statistics of its training rows), and
 models/best.pt the best run's. Resume states go to resume/train/run_{k}.pt while training runs; the
 folder is emptied once training completes. Under `accelerate launch` (train.num_processes > 1) only
@@ -30,7 +31,8 @@ from socmap.io import atomic_path
 from socmap.launch import make_accelerator, relaunch
 from socmap.models import ModelSpec
 from socmap.provenance import fingerprint
-from socmap.training import LOGGED, EpochCallback, Resume, prepare_run, train_run
+from socmap.training import LOGGED, EpochCallback, Resume, prepare_run
+from socmap.workers import Job, run_workers, train_runs
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +122,17 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
     live = Live(dir=str(root / paths.TRAIN_METRICS), dvcyaml=False, save_dvc_exp=False) if accelerator.is_main_process else None
     best: dict[int, dict] = {}
     runs = split_runs(split, params)
-    for run in runs:
+    workers = run_workers(cfg, len(runs), accelerator, callback)
+
+    def job(run: int) -> Job:
         train_pos, val_pos = run_rows(samples, split, run)
         data = prepare_run(patches, targets, train_pos, val_pos, cfg)
-        log.info("run %d: %d training rows, %d validation rows, %s on %s", run, len(train_pos), len(val_pos),
-                 cfg.model, accelerator.device)
-        resume = Resume(root / paths.RESUME / f"run_{run}.pt", inputs_fingerprint)
-        best[run] = train_run(run, data.to(accelerator.device), cfg, spec, accelerator, resume, live, callback)
+        log.info("run %d: %d training rows, %d validation rows, %s on %s%s", run, len(train_pos), len(val_pos),
+                 cfg.model, accelerator.device, f" (runs side by side in {workers} processes)" if workers > 1 else "")
+        return run, data, Resume(root / paths.RESUME / f"run_{run}.pt", inputs_fingerprint)
+
+    for run, data, result in train_runs(map(job, runs), cfg, spec, accelerator, live, callback, workers):
+        best[run] = result
         if accelerator.is_main_process:
             save_checkpoint(root / paths.MODELS / f"run_{run}.pt", {
                 "model": spec.to_dict(), "state_dict": best[run]["state_dict"], "features": data.features.to_dict(),
