@@ -140,14 +140,13 @@ class StackedEnsemble:
         self.mean = torch.stack([m.features.mean for m in members]).to(self.device)  # [M, C, T]
         self.std = torch.stack([m.features.std for m in members]).to(self.device)
         self.targets = [member.target for member in members]
-        with torch.no_grad():
-            if self.kind is not CentrePixelLSTM:
-                self.cnn = StackedCNN([net.cnn for net in nets], spec.window_size)
-            if self.kind is not SurveyYearCNN:
-                self.lstms = [net.lstm for net in nets]
-            if self.kind is RefittedCovLSTM:
-                self.fc_lstm = StackedDense([net.fc_lstm for net in nets])
-            self.head = StackedDense([net.head for net in nets])
+        if self.kind is not CentrePixelLSTM:
+            self.cnn = StackedCNN([net.cnn for net in nets], spec.window_size)
+        if self.kind is not SurveyYearCNN:
+            self.lstms = [net.lstm for net in nets]  # torch's fused LSTM: faster than any batched rewrite of it
+        if self.kind is RefittedCovLSTM:
+            self.fc_lstm = StackedDense([net.fc_lstm for net in nets])
+        self.head = StackedDense([net.head for net in nets])
 
     def __len__(self) -> int:
         return len(self.targets)
