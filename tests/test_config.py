@@ -23,7 +23,7 @@ def test_every_design_key_exists():
     for section, keys in {
         "data": ["rasters", "bands", "static_bands", "first_year", "last_year", "points", "region", "max_target"],
         "sample": ["window_size", "time_before"],
-        "split": ["seed", "test_ratio", "target_val_ratio", "distance_threshold"],
+        "split": ["seed", "test_ratio", "stop_ratio", "distance_threshold"],
         "train": ["model", "loss_type", "loss_alpha", "target_transform", "lr", "batch_size", "epochs",
                   "num_runs", "balanced", "seed"],
         "map": ["years"],
@@ -71,7 +71,8 @@ def bad(key: str, value):
     ("map.years", [2008], r"map\.years has 2008: must be in 2011\.\.2023"),
     ("simulate.latency_band", "NDVI", r"simulate\.latency_band = 'NDVI': must be one of LAI, LST"),
     ("simulate.static_resolution_m", 300, r"simulate\.resolution_m / simulate\.static_resolution_m = 3\.33333"),
-    ("split.target_val_ratio", 0.95, r"split\.test_ratio \+ split\.target_val_ratio = 1\.05: must be < 1"),
+    ("split.target_val_ratio", 0.1, r"split\.target_val_ratio is gone: validation is one fold per run .* "
+                                     r"split\.stop_ratio; remove it"),
     ("simulate.worlds", ["synthetic"], r"simulate\.worlds = \['synthetic'\]: must be a mapping of world name to its settings"),
     ("simulate.worlds", {"my world": {}}, r"simulate\.worlds has 'my world': a world name is letters, digits, _ and -"),
     ("simulate.worlds.steep", 9, r"simulate\.worlds\.steep = 9: must be a mapping of simulate keys"),

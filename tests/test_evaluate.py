@@ -13,9 +13,9 @@ import pytest
 from figures import BASELINES, assert_figures, hand_made, sklearn_figures
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
-from socmap.evaluate import roles_matrix
+from socmap.evaluate import read_design, roles_matrix
 from socmap.kriging import load_fields
-from socmap.scoring import score
+from socmap.scoring import Design, score
 
 
 def test_roles_matrix_and_split_errors():
@@ -25,9 +25,12 @@ def test_roles_matrix_and_split_errors():
         roles_matrix(split, np.array([1, 3]), 2)
     with pytest.raises(SocmapError, match=r"runs \[0, 1\] but models/ holds run_0..run_2"):
         roles_matrix(split, np.array([1, 2]), 3)
-    samples, roles, predictions, baselines = hand_made("kfold")
+    samples, design, predictions, baselines = hand_made("kfold")
     with pytest.raises(SocmapError, match="test rows differ between runs"):
-        score(samples, predictions, roles, baselines, "holdout", EvaluateConfig(bootstrap=0))
+        score(samples, predictions, Design("holdout", design.roles, design.blocks), baselines,
+              EvaluateConfig(bootstrap=0))
+    split = split.assign(block=[-1, 4, -1, 4])
+    assert read_design(split, np.array([2, 1]), 2, "holdout").blocks.tolist() == [4, -1]
 
 
 @pytest.mark.parametrize("mode", ["holdout", "kfold"])

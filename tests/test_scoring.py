@@ -19,11 +19,12 @@ from socmap.kriging import krige_runs
 from socmap.scoring import Truth, bootstrap, score
 
 def written(tmp_path, mode: str, kriging: str = "none", truth: Truth | None = None):
-    samples, roles, predictions, baselines = hand_made(mode)
+    samples, design, predictions, baselines = hand_made(mode)
+    cfg = EvaluateConfig(interval=0.9, bootstrap=200, seed=0, kriging=kriging)
     predictions, added = krige_runs(samples[["x", "y"]].to_numpy(), samples["target"].to_numpy(), predictions,
-                                    roles, kriging, 16)
-    summary, table, calibration = score(samples, predictions, roles, baselines, mode,
-                                        EvaluateConfig(interval=0.9, bootstrap=200, seed=0), truth, added)
+                                    design.roles, mode, cfg, 1200.0)
+    summary, table, calibration = score(samples, predictions, design, baselines, cfg, truth, added)
+    roles = design.roles
     outline = [(np.array([0, 5e4, 5e4, 0, 0]), np.array([0, 0, 5e4, 5e4, 0]))]
     write_outputs(summary, table, calibration, samples, outline, [] if added is None else added.fields, tmp_path)
     metrics = json.loads((tmp_path / paths.EVALUATE_METRICS / "metrics.json").read_text())
@@ -48,14 +49,23 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     assert metrics["runs_std"]["r2"] == pytest.approx(np.std(r2s, ddof=1))
     val_r2 = [r2_score(samples["target"][roles[k] == "val"], predictions[k, roles[k] == "val"]) for k in range(RUNS)]
     assert metrics["best_run"]["run"] == int(np.argmax(val_r2))
+    runs, rows = np.nonzero(roles == "val")  # every validation row by the run that held it out, pooled
+    assert metrics["val"]["r2"] == pytest.approx(r2_score(samples["target"].to_numpy()[rows], predictions[runs, rows]))
     for name in BASELINES:
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]))
         gain = metrics["r2"] - sklearn_figures(table["observed"], table[name])["r2"]
         assert metrics["baselines"][name]["r2_gain"] == pytest.approx(gain)
-        lo, hi = metrics["bootstrap"]["r2_gain"][name]
-        assert 0 < lo < metrics["baselines"][name]["r2_gain"] < hi  # every baseline is far behind
-    lo, hi = metrics["bootstrap"]["r2"]
-    assert lo < metrics["r2"] < hi and metrics["bootstrap"]["resamples"] == 200
+        gain = metrics["bootstrap"]["r2_gain"][name]
+        assert 0 < gain["lo"] < metrics["baselines"][name]["r2_gain"] < gain["hi"]  # every baseline is far behind
+    interval = metrics["bootstrap"]["r2"]
+    assert interval["lo"] < metrics["r2"] < interval["hi"] and metrics["bootstrap"]["resamples"] == 200
+    assert metrics["bootstrap"]["unit"] == "block" and metrics["bootstrap"]["units"] == table["block"].nunique() == 5
+    qrf = metrics["baselines"]["qrf"]
+    inside = (table["observed"] >= table["qrf_lower"]) & (table["observed"] <= table["qrf_upper"])
+    assert qrf["picp"] == pytest.approx(inside.mean())
+    miss = np.maximum(table["qrf_lower"] - table["observed"], 0) + np.maximum(table["observed"] - table["qrf_upper"], 0)
+    width = table["qrf_upper"] - table["qrf_lower"]
+    assert qrf["interval_score"] == pytest.approx((width + 20.0 * miss).mean())  # 2 / (1 - 0.9)
     assert metrics["ceiling"]["skipped"].startswith("no truth.parquet")
     assert metrics["kriging"] == {"space": "none"} and "unkriged" not in table
     assert not (tmp_path / paths.EVALUATE_PLOTS / "variogram.png").exists()
@@ -107,6 +117,7 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
     if mode == "holdout":
         raw = hand_made(mode)[2]
         assert np.allclose(table["unkriged"], raw[:, roles[0] == "test"].mean(axis=0))
+        assert metrics["kriging"]["variograms"]["field_0"]["rows"] == (roles == "val").any(axis=0).sum()
     # the intervals, rebuilt from the csv with the calibration file: they scale with the kriging variance
     calibration = json.loads((tmp_path / paths.CALIBRATION).read_text())
     lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, ensemble=mode == "holdout",
@@ -118,13 +129,23 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
     import matplotlib
     import matplotlib.image
 
+    fields = 1 if mode == "holdout" else RUNS  # holdout: one cross-fitted field serves every run
     picture = matplotlib.image.imread(tmp_path / paths.EVALUATE_PLOTS / "variogram.png")[..., :3]
-    dots = [0.7 * np.array(matplotlib.colormaps["tab10"](k)[:3]) + 0.3 for k in range(RUNS + 1)]  # alpha 0.7
+    dots = [0.7 * np.array(matplotlib.colormaps["tab10"](k)[:3]) + 0.3 for k in range(fields + 1)]  # alpha 0.7
     drawn = [(np.abs(picture - dot).max(axis=-1) < 0.01).sum() for dot in dots]
-    assert min(drawn[:RUNS]) > 50 and drawn[RUNS] == 0  # each run's points in its own colour, no fourth run
+    assert min(drawn[:fields]) > 20 and drawn[fields] == 0  # each field's points in its own colour, no other
     variograms = metrics["kriging"]["variograms"]
-    assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"run_{k}" for k in range(RUNS)}
-    assert all(v["rows"] == (roles[k] == "train").sum() for k, v in enumerate(variograms.values()))
+    assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"field_{k}" for k in range(fields)}
+    if mode == "kfold":
+        assert all(v["rows"] == (roles[k] == "val").sum() for k, v in enumerate(variograms.values()))
+    by = pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "coverage_by.csv")
+    near = table[table["distance_km"] < 2.0]
+    nine = by[(by["by"] == "distance") & (by["bin"] == "[0.0, 2.0)") & (by["nominal"] == 0.9)]
+    if len(near):
+        lower, upper = prediction_interval(near["ensemble"], near["std"], calibration, ensemble=mode == "holdout",
+                                           kappa=near["kriging_variance"])
+        assert nine["observed"].item() == pytest.approx(((near["observed"] >= lower) & (near["observed"] <= upper)).mean())
+    assert by[(by["by"] == "target") & (by["nominal"] == 0.9)]["rows"].sum() == len(table)
 
 
 def test_ceiling_from_truth(tmp_path):
@@ -138,17 +159,21 @@ def test_ceiling_from_truth(tmp_path):
     assert ceiling["oracle_r2_full"] == 0.9 and ceiling["oracle_r2_covariates"] == 0.7
 
 
-def test_bootstrap_resamples_sites_reproducibly():
+def test_bootstrap_resamples_blocks_reproducibly():
     rng = np.random.default_rng(0)
     observed = rng.normal(20, 5, 200)
-    predicted = observed + rng.normal(0, 3, 200)
-    sites = np.arange(200) // 4
-    first, again = bootstrap(observed, predicted, sites, 300, 7), bootstrap(observed, predicted, sites, 300, 7)
-    assert first == again and first["unit"] == "site"
-    assert first["rmse"][0] < 3.0 < first["rmse"][1]
-    assert bootstrap(observed, predicted, sites, 0, 7) == {"resamples": 0}
-    worse, same = observed + rng.normal(0, 6, 200), predicted.copy()
-    paired = bootstrap(observed, predicted, sites, 300, 7, {"worse": worse, "same": same})
+    block_error = rng.normal(0, 3, 20)  # errors shared within a block, as the test blocks' are
+    table = pd.DataFrame({"observed": observed, "block": np.arange(200) // 10})
+    predicted = observed + block_error[table["block"]] + rng.normal(0, 1, 200)
+    cfg = EvaluateConfig(bootstrap=300, seed=7)
+    first, again = bootstrap(table, predicted, cfg, []), bootstrap(table, predicted, cfg, [])
+    assert first == again and first["unit"] == "block" and first["units"] == 20
+    assert first["rmse"]["lo"] < np.sqrt(np.mean((predicted - observed) ** 2)) < first["rmse"]["hi"]
+    by_row = bootstrap(table.assign(block=np.arange(200)), predicted, cfg, [])
+    assert (by_row["rmse"]["hi"] - by_row["rmse"]["lo"]) < 0.7 * (first["rmse"]["hi"] - first["rmse"]["lo"])
+    assert bootstrap(table, predicted, EvaluateConfig(bootstrap=0), []) == {"resamples": 0}
+    table = table.assign(worse=observed + rng.normal(0, 6, 200), same=predicted.copy())
+    paired = bootstrap(table, predicted, cfg, ["worse", "same"])
     assert paired["r2"] == first["r2"] and paired["rmse"] == first["rmse"]  # the same resamples
-    assert 0 < paired["r2_gain"]["worse"][0] < paired["r2_gain"]["worse"][1]
-    assert paired["r2_gain"]["same"] == [0.0, 0.0]
+    assert 0 < paired["r2_gain"]["worse"]["lo"] < paired["r2_gain"]["worse"]["hi"]
+    assert paired["r2_gain"]["same"] == {"lo": 0.0, "hi": 0.0}

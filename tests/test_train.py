@@ -36,8 +36,8 @@ def test_training_learns_and_writes_every_output(trained):
     for key in ("val_r2_mean", "val_r2_std", "val_rmse_mean"):
         assert metrics[key] == pytest.approx(summary[key])
     for run in range(2):
-        lines = (out / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
-        assert lines[0].split("\t") == ["step", "val_r2"]
+        lines = (out / f"metrics/train/plots/metrics/run{run}/stop_r2.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["step", "stop_r2"]
         assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(8))
     assert list((out / "resume/train").iterdir()) == [], "the resume state is cleared once training completes"
 
@@ -88,7 +88,7 @@ def test_a_training_killed_mid_epoch_resumes_to_the_same_models_and_leaves_no_te
         assert (stage_dir / "models" / name).read_bytes() == (tmp_path / "reference/models" / name).read_bytes()
     metrics = json.loads((stage_dir / "metrics/train/metrics.json").read_text())
     assert metrics == json.loads((tmp_path / "reference/metrics/train/metrics.json").read_text()) == reference
-    lines = (stage_dir / "metrics/train/plots/metrics/run0/val_r2.tsv").read_text().splitlines()
+    lines = (stage_dir / "metrics/train/plots/metrics/run0/stop_r2.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(6))  # replayed once, then continued
 
 
@@ -135,7 +135,7 @@ def test_two_cpu_processes_train_one_model_and_log_once(project, tmp_path):
         assert predictor.val_metrics["n"] == len(target)  # both processes' validation rows, gathered
         again = regression_metrics(target, predictor.predict(patches))
         assert again["r2"] == pytest.approx(predictor.val_metrics["r2"], rel=1e-5, abs=1e-6)
-        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
+        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/stop_r2.tsv").read_text().splitlines()
         assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 1]
     metrics = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
     assert {"val_r2_mean", "val_r2_std", "val_rmse_mean"} <= set(metrics)

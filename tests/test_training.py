@@ -62,7 +62,7 @@ def test_early_stopping_ends_a_run_after_patience_epochs_without_progress(projec
     records = []
     summary = run_train(project, tmp_path, params, lambda run, r: records.append(r))
     assert len(records) < 30
-    best = max(range(len(records)), key=lambda e: records[e]["val_r2"])
+    best = max(range(len(records)), key=lambda e: records[e]["stop_r2"])
     assert summary["run0"]["best_epoch"] == best == len(records) - 1 - 2
 
 

@@ -168,10 +168,10 @@ class SplitConfig:
     mode: Literal["holdout", "kfold"] = "holdout"
     folds: int = field(default=5, metadata=bounds(ge=2, le=50))
     test_ratio: float = field(default=0.1, metadata=bounds(gt=0, lt=1))
-    target_val_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))
+    stop_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))  # of a run's training rows: early stopping
     distance_threshold: float = field(default=1.2, metadata=bounds(ge=0))  # km
     test_block_km: float = field(default=20.0, metadata=bounds(gt=0))
-    strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of validation
+    strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of the stop rows
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw, source=str(path))
 
 
+# keys of earlier socmap versions, and what took their place
+RETIRED = {
+    "split.target_val_ratio": "validation is one fold per run now (the rows outside test in train.num_runs "
+                              "distance-matched folds); the share that chooses each run's epoch is split.stop_ratio",
+}
+
+
 def params_from_dict(raw: Any, source: str = "params") -> Params:
     """Build `Params` from a nested dict (as in params.yaml), validating every key."""
+    for key, instead in RETIRED.items():
+        section, _, name = key.partition(".")
+        if isinstance(raw, dict) and isinstance(raw.get(section), dict) and name in raw[section]:
+            raise SocmapError(f"{source}: {key} is gone: {instead}; remove it")
     try:
         params = build(Params, raw, "")
         _check_consistency(params)
@@ -361,9 +372,6 @@ def _check_consistency(p: Params) -> None:
     if p.sample.time_before > len(d.years):
         raise Invalid(f"sample.time_before = {p.sample.time_before}: longer than the {len(d.years)} years "
                        f"from data.first_year to data.last_year")
-    if p.split.test_ratio + p.split.target_val_ratio >= 1:
-        raise Invalid(f"split.test_ratio + split.target_val_ratio = "
-                       f"{p.split.test_ratio + p.split.target_val_ratio:g}: must be < 1")
     _check_simulate(p.simulate, "simulate.")
     for name in p.simulate.worlds:
         _check_simulate(p.simulate.world(name), f"simulate.worlds.{name}.")

@@ -76,11 +76,14 @@ class Ensemble:
         xy = np.stack([x[predicted_any], y[predicted_any]], axis=1)
         variance = np.ones(x.shape)
         variance[predicted_any] = 0.0
+        kriged: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a field several members share is kriged once
         for member, field in enumerate(self.fields):
-            kriged, member_variance = field.krige(xy)
+            if id(field) not in kriged:
+                kriged[id(field)] = field.krige(xy)
+            residual, member_variance = kriged[id(field)]
             variance[predicted_any] += member_variance / len(self.fields)
             for values in predicted.values():
-                values[member, predicted_any] = field.correct(values[member, predicted_any], kriged,
+                values[member, predicted_any] = field.correct(values[member, predicted_any], residual,
                                                               member_variance)
         return variance
 

@@ -21,10 +21,19 @@ from socmap.baselines import baseline_predictions
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
 from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
-from socmap.plots import plot_residual_map, plot_scatter, plot_variograms
-from socmap.scoring import Truth, coverage_curve, error_by_year, score
+from socmap.plots import plot_coverage_by, plot_residual_map, plot_scatter, plot_variograms
+from socmap.scoring import Design, Truth, coverage_by, coverage_curve, error_by_year, score
 
 log = logging.getLogger(__name__)
+
+
+def read_design(split: pd.DataFrame, row_ids: np.ndarray, runs: int, mode: str) -> Design:
+    """The roles [runs, N] of each sample row (in samples order) in each run and each row's test block;
+    checks split.parquet covers them."""
+    roles = roles_matrix(split, row_ids, runs)
+    tested = split[split["role"] == "test"].drop_duplicates("row_id").set_index("row_id")["block"]
+    blocks = tested.reindex(row_ids).fillna(-1).to_numpy(np.int64)
+    return Design(mode, roles, blocks)
 
 
 def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndarray:
@@ -74,12 +83,15 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
         tmp.mkdir()
         table.to_csv(tmp / "predictions.csv", index=False)
         error_by_year(table).to_csv(tmp / "error_by_year.csv", index=False)
-        coverage_curve(table, calibration, ensemble=summary["mode"] == "holdout").to_csv(tmp / "coverage.csv",
-                                                                                        index=False)
+        ensemble = summary["mode"] == "holdout"
+        coverage_curve(table, calibration, ensemble).to_csv(tmp / "coverage.csv", index=False)
+        by = coverage_by(table, calibration, ensemble)
+        by.to_csv(tmp / "coverage_by.csv", index=False)
+        plot_coverage_by(by, float(calibration["interval"]), tmp / "coverage_by_distance.png")
         plot_scatter(table, summary, tmp / "predicted_vs_observed.png")
         plot_residual_map(table, samples, outline, tmp / "residual_map.png")
         if fields:
-            plot_variograms(fields, tmp / "variogram.png")
+            plot_variograms(list({id(f): f for f in fields}.values()), tmp / "variogram.png")
     save_fields(root / paths.KRIGING_FIELDS, fields)
     write_json(root / paths.CALIBRATION, calibration)
     with atomic_path(root / paths.EVALUATE_METRICS) as tmp:
@@ -100,18 +112,19 @@ def main(params) -> None:
     samples = pd.read_parquet(paths.SAMPLES)
     patches = np.load(paths.PATCHES, mmap_mode="r")
     predictors = load_ensemble(paths.MODELS)
-    roles = roles_matrix(pd.read_parquet(paths.SPLIT), samples["row_id"].to_numpy(), len(predictors))
+    design = read_design(pd.read_parquet(paths.SPLIT), samples["row_id"].to_numpy(), len(predictors),
+                         params.split.mode)
     targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
     unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
-    predictions, kriging = krige_runs(xy, targets, unkriged, roles, cfg.kriging, cfg.kriging_neighbours)
+    predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.mode, cfg,
+                                      params.split.distance_threshold * 1000.0)
     static = np.isin(list(predictors[0].spec.band_names), params.data.static_bands)
-    baselines, chosen = baseline_predictions(patches, static, targets, roles, cfg, xy)
+    baselines = baseline_predictions(patches, static, targets, design.roles, cfg, xy)
     truth = load_truth(params.data.points.path, samples)
     if truth is None:
         log.info("no truth.parquet beside %s: real data, no ceiling", params.data.points.path)
-    summary, table, calibration = score(samples, predictions, roles, baselines, params.split.mode, cfg, truth,
-                                        kriging)
-    for name, choice in chosen.items():
+    summary, table, calibration = score(samples, predictions, design, baselines, cfg, truth, kriging)
+    for name, choice in baselines.chosen.items():
         summary["baselines"][name].update(choice)
     fields = [] if kriging is None else kriging.fields
     write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),

@@ -13,10 +13,13 @@ PROCESSED = Path("data/processed")
 PATCHES = PROCESSED / "patches.npy"  # float32 [rows, bands, window, window, years]
 SAMPLES = PROCESSED / "samples.parquet"  # one row per patch, in patch order
 REPORT = PROCESSED / "report.json"  # rows read, kept, dropped by reason; fills; the grid
+PREDICTION_POINTS = PROCESSED / "prediction_points.parquet"  # x, y of map pixels: where prediction happens
 
 # split
-SPLIT = Path("data/splits/split.parquet")  # row_id, run, role
+SPLIT = Path("data/splits/split.parquet")  # row_id, run, role, block
+SPLIT_DETAIL = Path("data/splits/detail.json")  # per run: sizes, distances, the kNNDM choice
 SPLIT_METRICS = Path("metrics/split.json")
+SPLIT_PLOTS = Path("plots/split")
 
 # train
 MODELS = Path("models")  # run_{k}.pt, best.pt

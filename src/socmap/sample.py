@@ -1,8 +1,9 @@
 """`socmap sample`: survey rows and yearly rasters into model-ready patches, with an account of every row.
 
 Writes data/processed/patches.npy (float32 [N, C, W, W, T]), samples.parquet
-(one row per patch, same order) and report.json (rows read, kept, dropped by
-reason, fills, the reference grid, warped rasters).
+(one row per patch, same order), report.json (rows read, kept, dropped by
+reason, fills, the reference grid, warped rasters) and prediction_points.parquet
+(map pixels: where the map predicts, for the split's distance matching).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from socmap.region import Region
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 4096  # rows copied at a time when sparse rows are dropped from patches.npy
+PREDICTION_POINTS = 20_000  # map pixels, on a regular stride, that stand for where the map predicts
 SAMPLE_COLUMNS = ["row_id", "site_id", "source_id", "x", "y", "lon", "lat", "year", "target", "valid_fraction"]
 
 
@@ -53,8 +55,19 @@ def pixel_fills(invalid: np.ndarray, years: np.ndarray, bands: list[str], static
     return out
 
 
+def prediction_points(catalog: RasterCatalog, region: Region, points: int = PREDICTION_POINTS) -> pd.DataFrame:
+    """x, y (grid CRS) of the pixel centres inside the region, every `stride`-th row and column so that at
+    most about `points` remain: where the map predicts, for the split's distance matching."""
+    grid = catalog.grid
+    inside = region.mask(grid, 0, 0, grid.height, grid.width)
+    stride = max(1, int(np.ceil(np.sqrt(inside.sum() / points))))
+    x, y = grid.centres(0, 0, grid.height, grid.width)
+    keep = inside[::stride, ::stride]
+    return pd.DataFrame({"x": x[::stride, ::stride][keep], "y": y[::stride, ::stride][keep]})
+
+
 def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path = paths.PROCESSED) -> dict:
-    """Run the stage: read, clean, extract, fill, drop sparse rows, write the three outputs; return the report."""
+    """Run the stage: read, clean, extract, fill, drop sparse rows, write the outputs; return the report."""
     started = time.perf_counter()
     catalog = RasterCatalog.open(data_cfg)
     region = Region.from_config(data_cfg.region)
@@ -87,6 +100,8 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
     with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
+    with atomic_path(out_dir / paths.PREDICTION_POINTS.name) as tmp:
+        prediction_points(catalog, region).to_parquet(tmp, index=False)
 
     report = {
         "rows_read": rows_read,

@@ -34,6 +34,8 @@ from socmap.training import LOGGED, EpochCallback, Resume, prepare_run, train_ru
 
 log = logging.getLogger(__name__)
 
+RUN_ROLES = ("train", "stop", "val")  # the roles of split.parquet a run trains, stops and validates on
+
 # The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others, so
 # that its bytes change only with what reruns the stage, and a fresh clone's `dvc repro` gives the same.
 STAGE_PARAMS = ("data.bands", "sample.window_size", "sample.time_before", "train")
@@ -66,8 +68,8 @@ def read_inputs(patches_path: Path = paths.PATCHES, samples_path: Path = paths.S
 
 
 def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: Path = paths.SPLIT
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (into the patches) of run `run`'s training and validation rows, ascending."""
+             ) -> dict[str, np.ndarray]:
+    """Positions (into the patches) of run `run`'s train, stop and val rows, each ascending."""
     roles = split[split["run"] == run]
     position = pd.Series(np.arange(len(samples)), index=samples["row_id"].to_numpy())
     unknown = ~roles["row_id"].isin(position.index)
@@ -75,12 +77,12 @@ def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: P
         raise SocmapError(f"{split_path}: row_id {int(roles['row_id'][unknown].iloc[0])} of run {run} is not in "
                           "the sample table; rerun `socmap split`")
     rows = {role: np.sort(position[roles.loc[roles["role"] == role, "row_id"]].to_numpy())
-            for role in ("train", "val")}
+            for role in RUN_ROLES}
     for role, found in rows.items():
         if found.size == 0:
             raise SocmapError(f"{split_path}: run {run} has no {role} rows; runs present: "
                               f"{sorted(split['run'].unique().tolist())} (train.num_runs must not exceed them)")
-    return rows["train"], rows["val"]
+    return rows
 
 
 def split_runs(split: pd.DataFrame, params: Params) -> list[int]:
@@ -91,16 +93,19 @@ def split_runs(split: pd.DataFrame, params: Params) -> list[int]:
 
 
 def summarise(best: dict[int, dict]) -> dict:
-    """metrics.json: means over the runs' best epochs, the best run, and each run's best epoch."""
+    """metrics.json: means over the runs' best epochs on the validation rows (before kriging) and the stop
+    rows, the best run (by validation r2), and each run's best epoch."""
     r2 = np.array([b["val_metrics"]["r2"] for b in best.values()])
     summary = {
         "val_r2_mean": float(r2.mean()), "val_r2_std": float(r2.std()),
         **{f"val_{k}_mean": float(np.mean([b["val_metrics"][k] for b in best.values()]))
            for k in ("rmse", "mae", "rpiq", "bias")},
+        "stop_r2_mean": float(np.mean([b["stop_metrics"]["r2"] for b in best.values()])),
         "best_run": int(max(best, key=lambda k: best[k]["val_metrics"]["r2"])),
     }
     for run, b in best.items():
-        summary[f"run{run}"] = {"best_epoch": b["epoch"], **{f"val_{k}": b["val_metrics"][k] for k in LOGGED}}
+        summary[f"run{run}"] = {"best_epoch": b["epoch"], **{f"val_{k}": b["val_metrics"][k] for k in LOGGED},
+                                "stop_r2": b["stop_metrics"]["r2"]}
     return summary
 
 
@@ -121,9 +126,9 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
     best: dict[int, dict] = {}
     runs = split_runs(split, params)
     for run in runs:
-        train_pos, val_pos = run_rows(samples, split, run)
-        data = prepare_run(patches, targets, train_pos, val_pos, cfg)
-        log.info("run %d: %d training rows, %d validation rows, %s on %s", run, len(train_pos), len(val_pos),
+        positions = run_rows(samples, split, run)
+        data = prepare_run(patches, targets, positions, cfg)
+        log.info("run %d: %s rows, %s on %s", run, ", ".join(f"{len(p)} {role}" for role, p in positions.items()),
                  cfg.model, accelerator.device)
         resume = Resume(root / paths.RESUME / f"run_{run}.pt", inputs_fingerprint)
         best[run] = train_run(run, data.to(accelerator.device), cfg, spec, accelerator, resume, live, callback)
@@ -131,7 +136,8 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
             save_checkpoint(root / paths.MODELS / f"run_{run}.pt", {
                 "model": spec.to_dict(), "state_dict": best[run]["state_dict"], "features": data.features.to_dict(),
                 "target": data.target.to_dict(), "params": params_subset(params, STAGE_PARAMS), "run": run,
-                "epoch": best[run]["epoch"], "val_metrics": best[run]["val_metrics"]})
+                "epoch": best[run]["epoch"], "stop_metrics": best[run]["stop_metrics"],
+                "val_metrics": best[run]["val_metrics"]})
     summary = summarise(best)
     if accelerator.is_main_process:
         finish(summary, runs, root, live)
