@@ -56,10 +56,10 @@ def test_predictor_rejects_patches_of_another_shape(trained):
 def test_tta_is_stored_with_the_model_and_used_by_its_predictor(project, trained, tmp_path):
     out, summary, _ = trained
     default = Predictor.load(out / "models/run_0.pt")
-    assert default.spec.tta == 4 == params_for(project).train.tta
-    plain = run_train(project, tmp_path, params_for(project, **{"train.tta": 1, "train.num_runs": 1}))
+    assert default.spec.views == tuple(range(8)) and params_for(project).train.augment == "dihedral"
+    plain = run_train(project, tmp_path, params_for(project, **{"train.tta": False, "train.num_runs": 1}))
     single = Predictor.load(tmp_path / "models/run_0.pt")
-    assert single.spec.tta == 1
+    assert single.spec.views == (0,)
     patches, target = val_rows(project, 0)
     x = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     torch.testing.assert_close(single.predict_tensor(x), single.target.inverse(single.model(single.features(x))))

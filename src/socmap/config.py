@@ -160,6 +160,9 @@ class SampleConfig:
     early_years: Literal["drop", "fill"] = "drop"
     fill: Literal["mean", "zero"] = "mean"  # value for nodata pixels and pixels beyond the edge
     min_valid_fraction: float = field(default=0.5, metadata=bounds(ge=0, le=1))
+    # pixels per side of a wider neighbourhood whose band means join each patch as one more channel per band
+    # (the context beyond the window: relief over several km); 0: none
+    context: int = field(default=0, metadata=bounds(ge=0, le=201, odd=True, off=0))
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal["refitted_cov_lstm", "cnn", "lstm"] = "refitted_cov_lstm"
+    model: Literal["refitted_cov_lstm", "cnn", "lstm", "attention"] = "refitted_cov_lstm"
     loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
     loss_alpha: float = field(default=0.5, metadata=bounds(ge=0, le=1))
     loss_sigma: float = field(default=3.0, metadata=bounds(gt=0))  # g/kg, floor of the per-row uncertainty
@@ -190,8 +193,10 @@ class TrainConfig:
     patience: int = field(default=15, metadata=bounds(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
-    augment: bool = True  # random rotations and mirrors of the window in every training batch
-    tta: Literal[1, 2, 4, 8] = 4  # window symmetries averaged in validation and every prediction
+    # window symmetries every training batch is drawn from: none | mirror (east-west: north stays up) |
+    # turns (quarter turns) | dihedral (turns and mirrors)
+    augment: Literal["none", "mirror", "turns", "dihedral"] = "dihedral"
+    tta: bool = True  # predictions (validation, evaluate, map) average over the window symmetries of augment
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=bounds(ge=1))
     balance_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))

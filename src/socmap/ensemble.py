@@ -48,12 +48,13 @@ class Ensemble:
         return len(self.members)
 
     def check(self, bands: Sequence[str], window_size: int, time_before: int) -> None:
-        """The members must have been trained on the bands, window and years that params.yaml names."""
+        """The members must have been trained on the channels (`socmap.patches.channel_names`), window and
+        years that params.yaml names."""
         expected = (list(bands), window_size, time_before)
         for member in self.members:
             found = (list(member.spec.band_names), member.spec.window_size, member.spec.time_before)
             if found != expected:
-                raise SocmapError(f"{member.source}: trained on bands {found[0]}, sample.window_size = {found[1]}, "
+                raise SocmapError(f"{member.source}: trained on channels {found[0]}, sample.window_size = {found[1]}, "
                                   f"sample.time_before = {found[2]}, but params.yaml has {expected[0]}, "
                                   f"{expected[1]}, {expected[2]}; rerun `socmap sample`, `split` and `train`")
 

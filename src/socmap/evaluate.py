@@ -21,6 +21,7 @@ from socmap.baselines import baseline_predictions
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
 from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
+from socmap.patches import is_static
 from socmap.plots import plot_coverage_by, plot_residual_map, plot_scatter, plot_variograms
 from socmap.scoring import Design, Truth, coverage_by, coverage_curve, error_by_year, score
 
@@ -118,7 +119,7 @@ def main(params) -> None:
     unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
     predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.mode, cfg,
                                       params.split.distance_threshold * 1000.0)
-    static = np.isin(list(predictors[0].spec.band_names), params.data.static_bands)
+    static = np.array([is_static(name, params.data.static_bands) for name in predictors[0].spec.band_names])
     baselines = baseline_predictions(patches, static, targets, design.roles, cfg, xy)
     truth = load_truth(params.data.points.path, samples)
     if truth is None:

@@ -19,7 +19,7 @@ import pandas as pd
 from socmap import paths
 from socmap.config import DataConfig, SampleConfig
 from socmap.io import atomic_path, write_json
-from socmap.patches import extract_patches, fill_values, window_years
+from socmap.patches import channel_names, extract_patches, fill_values, window_years
 from socmap.points import clean, read_survey
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
@@ -84,10 +84,11 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     with atomic_path(out_dir / paths.PATCHES.name) as tmp:
         # Patches go straight into the memmap of the output file: no second copy in memory.
         patches = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(
-            len(kept), len(bands), sample_cfg.window_size, sample_cfg.window_size, sample_cfg.time_before))
+            len(kept), len(channel_names(bands, sample_cfg.context)), sample_cfg.window_size, sample_cfg.window_size,
+            sample_cfg.time_before))
         _, invalid = extract_patches(catalog, kept["row"].to_numpy(), kept["col"].to_numpy(),
                                      kept["year"].to_numpy(), sample_cfg.window_size, sample_cfg.time_before,
-                                     fill=sample_cfg.fill, out=patches)
+                                     fill=sample_cfg.fill, out=patches, context=sample_cfg.context)
         pixels = len(bands) * sample_cfg.window_size ** 2 * sample_cfg.time_before  # per patch
         valid_fraction = 1.0 - invalid.sum(axis=(1, 2)) / pixels
         enough = valid_fraction >= sample_cfg.min_valid_fraction
@@ -117,6 +118,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         },
         **{k: v for k, v in catalog.describe().items() if k in ("grid", "warped", "shifted")},
         "bands": bands,
+        "channels": channel_names(bands, sample_cfg.context),
         "static_bands": list(data_cfg.static_bands),
         "window_size": sample_cfg.window_size,
         "time_before": sample_cfg.time_before,

@@ -29,6 +29,7 @@ from socmap.errors import SocmapError
 from socmap.io import atomic_path
 from socmap.launch import make_accelerator, relaunch
 from socmap.models import ModelSpec
+from socmap.patches import channel_names
 from socmap.provenance import fingerprint
 from socmap.training import LOGGED, EpochCallback, Resume, prepare_run, train_run
 
@@ -38,7 +39,7 @@ RUN_ROLES = ("train", "stop", "val")  # the roles of split.parquet a run trains,
 
 # The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others, so
 # that its bytes change only with what reruns the stage, and a fresh clone's `dvc repro` gives the same.
-STAGE_PARAMS = ("data.bands", "sample.window_size", "sample.time_before", "train")
+STAGE_PARAMS = ("data.bands", "sample.window_size", "sample.time_before", "sample.context", "train")
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,14 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
     """Train every run, write models/run_{k}.pt, models/best.pt and the dvclive logs under the project
     `root`; return the summary. A resume state is taken up only if it carries `inputs_fingerprint`."""
     cfg, patches, samples, split = params.train, inputs.patches, inputs.samples, inputs.split
-    expected = (len(params.data.bands), params.sample.window_size, params.sample.window_size,
-                params.sample.time_before)
+    channels = channel_names(params.data.bands, params.sample.context)
+    expected = (len(channels), params.sample.window_size, params.sample.window_size, params.sample.time_before)
     if tuple(patches.shape[1:]) != expected:
         raise SocmapError(f"patches of shape {tuple(patches.shape[1:])} (bands, window, window, years) do not "
-                          f"match {expected} from data.bands, sample.window_size and sample.time_before; "
+                          f"match {expected} from data.bands, sample.context, sample.window_size and "
+                          "sample.time_before; "
                           "rerun `socmap sample`")
-    spec = ModelSpec.from_params(cfg, list(params.data.bands), params.sample.window_size, params.sample.time_before)
+    spec = ModelSpec.from_params(cfg, channels, params.sample.window_size, params.sample.time_before)
     targets = samples["target"].to_numpy(dtype=np.float64)
     live = Live(dir=str(root / paths.TRAIN_METRICS), dvcyaml=False, save_dvc_exp=False) if accelerator.is_main_process else None
     best: dict[int, dict] = {}

@@ -38,8 +38,8 @@ from socmap.config import TrainConfig
 from socmap.errors import SocmapError
 from socmap.losses import RegressionLoss, row_sigma
 from socmap.metrics import regression_metrics
-from socmap.models import ModelSpec
-from socmap.transforms import DIHEDRAL, FeatureNorm, TargetTransform, random_dihedral, symmetric_mean
+from socmap.models import ModelSpec, views
+from socmap.transforms import DIHEDRAL, GROUPS, FeatureNorm, TargetTransform, random_symmetry, symmetric_mean
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
                 cfg: TrainConfig, accelerator: Accelerator, augment: torch.Generator | None = None) -> float:
     """One pass over `order`; every process takes its share. Returns the mean training loss over all rows.
 
-    With a generator `augment`, every row of a batch is turned by one of the window's 8 symmetries
+    With a generator `augment`, every row of a batch is turned by one of train.augment's window symmetries
     (rotations and mirrors) drawn from it.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -136,7 +136,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
         idx = shard[start:start + per_process]
         x, y, sigma = data.train.x[idx], data.train.y[idx], data.train.sigma[idx]  # [b, C, W, W, T], [b], [b]
         if augment is not None:
-            x = random_dihedral(x, augment)
+            x = random_symmetry(x, augment, GROUPS[cfg.augment])
         loss = train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
         loss_sum += loss.detach().double() * len(idx)  # no .item(): a GPU need not wait for every step
         rows += len(idx)
@@ -158,7 +158,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: R
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, rows: Rows, data: RunData, accelerator: Accelerator,
-             views: int) -> tuple[float, dict]:
+             views: tuple[int, ...]) -> tuple[float, dict]:
     """Loss (transformed space) and metrics (g/kg) over `rows`, every process's share predicted (as the
     mean over `views` window symmetries, as a Predictor does) and gathered."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -196,7 +196,7 @@ def seed_for(*keys: int) -> int:
 def augmenter(cfg: TrainConfig, run: int, epoch: int, rank: int) -> torch.Generator | None:
     """The generator of an epoch's window symmetries (train.augment), seeded like its dropout but apart
     from it; None when augmentation is off."""
-    if not cfg.augment:
+    if cfg.augment == "none":
         return None
     return torch.Generator().manual_seed(seed_for(cfg.seed, run, epoch, rank, DIHEDRAL))
 
@@ -268,7 +268,7 @@ def train_run(run: int, data: RunData, cfg: TrainConfig, spec: ModelSpec, accele
         if callback is not None:
             callback(run, record)
     accelerator.unwrap_model(model).load_state_dict(state["best"]["state_dict"])
-    _, val_metrics = validate(model, data.val, data, accelerator, cfg.tta)
+    _, val_metrics = validate(model, data.val, data, accelerator, views(cfg))
     accelerator.free_memory()
     return {**state["best"], "val_metrics": val_metrics, "history": state["history"]}
 
@@ -281,7 +281,7 @@ def run_epoch(run: int, model: torch.nn.Module, optimizer, scheduler, data: RunD
     torch.manual_seed(seed_for(cfg.seed, run, epoch, accelerator.process_index))  # dropout
     train_loss = train_epoch(model, optimizer, data, epoch_order(data.train.target, cfg, run, epoch), cfg,
                              accelerator, augmenter(cfg, run, epoch, accelerator.process_index))
-    stop_loss, metrics = validate(model, data.stop, data, accelerator, cfg.tta)
+    stop_loss, metrics = validate(model, data.stop, data, accelerator, views(cfg))
     record = {"epoch": epoch, "train_loss": train_loss, "stop_loss": stop_loss,
               "lr": optimizer.param_groups[0]["lr"], **{f"stop_{k}": metrics[k] for k in LOGGED}}
     if state["best"] is None or metrics["r2"] > state["best"]["stop_metrics"]["r2"]:

@@ -21,7 +21,8 @@ class Invalid(Exception):
 
 
 def bounds(**limits: Any) -> dict:
-    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers; length for sequences."""
+    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers (off: a value that switches the
+    option off and need not be odd); length for sequences."""
     return limits
 
 
@@ -95,6 +96,6 @@ def scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
         if not all(test(value, bound) for (test, _), bound in bounds):
             valid = " and ".join(f"{sym} {bound}" for (_, sym), bound in bounds)
             raise Invalid(f"{key} = {value!r}: must be {valid}")
-        if meta.get("odd") and value % 2 == 0:
+        if meta.get("odd") and value % 2 == 0 and value != meta.get("off"):
             raise Invalid(f"{key} = {value!r}: must be odd, so that the window has a centre pixel")
     return value
