@@ -173,7 +173,7 @@ class SplitConfig:
     test_ratio: float = field(default=0.1, metadata=bounds(gt=0, lt=1))
     stop_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))  # of a run's training rows: early stopping
     distance_threshold: float = field(default=1.2, metadata=bounds(ge=0))  # km
-    test_block_km: float = field(default=20.0, metadata=bounds(gt=0))
+    test_block_km: float = field(default=10.0, metadata=bounds(gt=0))
     strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of the stop rows
 
 
