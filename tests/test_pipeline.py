@@ -23,8 +23,9 @@ from conftest import ROOT, tiny_params
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-OUTPUTS = ["data/synthetic/points.csv", "data/processed/patches.npy", "data/splits/split.parquet",
-           "models/run_0.pt", "models/best.pt", "data/maps/soc_2020.tif"]
+OUTPUTS = ["data/synthetic/points.csv", "data/processed/patches.npy", "data/processed/truth.parquet",
+           "data/splits/split.parquet", "models/run_0.pt", "models/best.pt", "data/ensemble/kriging.npz",
+           "data/maps/soc_2020.tif"]
 
 
 def run(*cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,15 +65,19 @@ def make_project(where: Path, storage: Path) -> Path:
     return where
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The tiny project after one full `dvc repro`, committed."""
-    root = tmp_path_factory.mktemp("project")
+def reproduced(root: Path) -> Path:
+    """The tiny project under `root` (its DVC remote beside it) after one full `dvc repro`, committed."""
     repo = make_project(root / "socmap", root / "storage")
     run("dvc", "repro", cwd=repo)
     run("git", "add", "-A", cwd=repo)
     run("git", "commit", "-qm", "repro", cwd=repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project after one full `dvc repro`, committed."""
+    return reproduced(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_writes_every_stage_and_a_second_repro_does_nothing(project):
@@ -241,4 +246,5 @@ def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
     assert "Running stage 'sample'" in result.stdout and "Running stage 'map'" in result.stdout
     report = json.loads((project / "data/processed/report.json").read_text())
     assert report["rows_read"] == report["rows_kept"] + sum(report["drops"].values())
-    assert "skipped" in json.loads((project / "metrics/evaluate/metrics.json").read_text())["ceiling"]
+    assert "ceiling" not in json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert "has no rows" in json.loads((project / "plots/evaluate/details.json").read_text())["ceiling"]["skipped"]

@@ -205,6 +205,7 @@ class TrainConfig:
     num_processes: int = field(default=1, metadata=bounds(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))  # epochs between resume checkpoints
+    monitor: bool = False  # dvclive's system monitoring and HTML report in monitor/train/ (untracked)
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,14 @@ def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list,
 
 
 def plot_variograms(fields: list[ResidualField], path: Path) -> None:
-    """Each run's empirical variogram of its training residuals (points) and the fitted model (line)."""
+    """Each run's empirical variogram of its training residuals (points) and the fitted model (line); with no
+    fields (no kriging) a picture that says so, so that the plots DVC lists exist for any params."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if not fields:
+        ax.text(0.5, 0.5, "evaluate.kriging: none\nno residual variogram was fitted", ha="center", va="center")
+        ax.set_axis_off()
+        save_figure(fig, path, dpi=110)
+        return
     for run, field in enumerate(fields):
         lags, gamma, pairs = empirical_variogram(field.xy, field.residuals)
         colour = plt.cm.tab10(run % 10)

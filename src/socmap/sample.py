@@ -1,8 +1,9 @@
 """`socmap sample`: survey rows and yearly rasters into model-ready patches, with an account of every row.
 
 Writes data/processed/patches.npy (float32 [N, C, W, W, T]), samples.parquet
-(one row per patch, same order) and report.json (rows read, kept, dropped by
-reason, fills, the reference grid, warped rasters).
+(one row per patch, same order), truth.parquet (a simulated world's truth of those
+rows, `socmap.truth`) and report.json (rows read, kept, dropped by reason, fills,
+the reference grid, warped rasters, the oracle figures).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from socmap.patches import extract_patches, fill_values, window_years
 from socmap.points import clean, read_survey
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
+from socmap.truth import carry_truth
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def pixel_fills(invalid: np.ndarray, years: np.ndarray, bands: list[str], static
 
 
 def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path = paths.PROCESSED) -> dict:
-    """Run the stage: read, clean, extract, fill, drop sparse rows, write the three outputs; return the report."""
+    """Run the stage: read, clean, extract, fill, drop sparse rows, write the four outputs; return the report."""
     started = time.perf_counter()
     catalog = RasterCatalog.open(data_cfg)
     region = Region.from_config(data_cfg.region)
@@ -87,6 +89,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
     with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
+    truth = carry_truth(data_cfg.points.path, samples, out_dir / paths.TRUTH.name)
 
     report = {
         "rows_read": rows_read,
@@ -109,6 +112,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         "points": {"path": survey.path, "crs": survey.crs.to_string(), "unit": data_cfg.points.unit},
         "target": _summary(samples["target"].to_numpy()),
         "sites": int(samples["site_id"].nunique()),
+        "truth": truth,
     }
     assert report["rows_read"] == report["rows_kept"] + sum(drops.values()), "every row is accounted for"
     write_json(out_dir / paths.REPORT.name, report)

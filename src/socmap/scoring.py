@@ -1,5 +1,5 @@
 """The evaluate stage's figures: test metrics in g/kg per run, ensemble and baseline, the bootstrap, the
-ceiling, calibrated intervals and their coverage.
+ceiling, calibrated intervals and their coverage; and the headline of them that experiments are compared on.
 
 Only the test rows are scored, and they choose nothing: the best run is chosen by its validation r2,
 the intervals are calibrated on validation rows.
@@ -9,11 +9,13 @@ the intervals are calibrated on validation rows.
 - kfold: each run (fold) has its own test rows and every row is test once, so the headline figures
   are pooled out of fold: each row predicted by the one model that did not see it; per-run figures
   are per fold.
+
+`score` gives every figure (details.json beside predictions.csv); `headline` the few a user compares
+between experiments (metrics.json, the columns of `dvc exp show`). Every interval is a {lo, hi}
+mapping, and the bootstrap says what it resampled (`unit`) and its `level`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,15 +26,9 @@ from socmap.errors import SocmapError
 from socmap.intervals import fit_calibration, prediction_interval
 from socmap.kriging import Kriging
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics, spread
+from socmap.truth import Truth
 
-
-@dataclass(frozen=True)
-class Truth:
-    """A simulated world's noise-free truth per sample row (columns truth, truth_covariates, in sample
-    order) and its oracle figures (oracle.json; None when absent)."""
-
-    table: pd.DataFrame
-    oracle: dict | None
+BOOTSTRAP_LEVEL = 0.95  # of every bootstrap interval
 
 
 def score(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, baselines: dict[str, np.ndarray],
@@ -47,7 +43,8 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, bas
         truth: the simulated world's truth; None: real data, no ceiling.
         kriging: what kriging added to `predictions` (`krige_runs`); None: no kriging.
     Returns:
-        (metrics summary, predictions table of the test rows, interval calibration).
+        (every figure, for details.json (`headline` picks metrics.json's), predictions table of the test rows,
+        interval calibration).
     """
     targets = samples["target"].to_numpy(np.float64)
     observed, predicted, others, kappa = calibration_rows(targets, predictions, roles,
@@ -79,6 +76,29 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, bas
     coverage = coverage_curve(table, calibration, ensemble=mode == "holdout")
     summary["coverage"] = coverage.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
     return summary, table, calibration
+
+
+def headline(details: dict) -> dict:
+    """The figures experiments are compared on (metrics.json), from the stage's `details` (`score`).
+
+    The ensemble's test figures, the mean validation r2 of what is scored (kriged, when kriging is on:
+    choose on it, never on test), the runs' test r2, the bootstrap intervals, each baseline's r2 and
+    the ensemble's gain over it, the ensemble without kriging and the simulated world's ceiling.
+    """
+    val_r2 = np.array([run["val_r2"] for run in details["runs"].values()])
+    top = {key: details[key] for key in ("mode", "n", "interval", *REGRESSION_METRICS, "picp", "interval_width")}
+    top["val_r2"] = float(np.nanmean(val_r2))
+    top["val_r2_std"] = float(np.nanstd(val_r2, ddof=1)) if val_r2.size > 1 else 0.0  # ddof 1, as runs_std
+    top["runs_r2"] = {"mean": details["runs_mean"]["r2"], "std": details["runs_std"]["r2"]}
+    if "unkriged" in details["kriging"]:
+        top["unkriged"] = {key: details["kriging"]["unkriged"][key] for key in ("r2", "rmse")}
+    top["bootstrap"] = details["bootstrap"]
+    top["baselines"] = {name: {key: figures[key] for key in ("r2", "rmse", "r2_gain")}
+                        for name, figures in details["baselines"].items()}
+    if "truth" in details["ceiling"]:
+        top["ceiling"] = {"truth_r2": details["ceiling"]["truth"]["r2"],
+                          "truth_covariates_r2": details["ceiling"]["truth_covariates"]["r2"]}
+    return top
 
 
 def test_table(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, mode: str, calibration: dict,
@@ -148,7 +168,7 @@ def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, re
     r2(predicted) − r2(other) on the same resamples (paired): above 0 means ahead beyond the test noise.
     """
     if resamples == 0:
-        return {"resamples": 0}
+        return {"unit": "site", "resamples": 0}
     others = others or {}
     site_ids, site_of_row = np.unique(sites, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -161,11 +181,18 @@ def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, re
         rmse.append(figures["rmse"])
         for name, other in others.items():
             gain[name].append(figures["r2"] - r2_score(observed[rows], other[rows]))
-    result = {"r2": np.nanpercentile(r2, [2.5, 97.5]).tolist(), "rmse": np.percentile(rmse, [2.5, 97.5]).tolist(),
-              "resamples": resamples, "unit": "site"}
+    result = {"unit": "site", "resamples": resamples, "level": BOOTSTRAP_LEVEL, "r2": percentile_interval(r2),
+              "rmse": percentile_interval(rmse)}
     if others:
-        result["r2_gain"] = {name: np.nanpercentile(values, [2.5, 97.5]).tolist() for name, values in gain.items()}
+        result["r2_gain"] = {name: percentile_interval(values) for name, values in gain.items()}
     return result
+
+
+def percentile_interval(values: list[float]) -> dict:
+    """The central `BOOTSTRAP_LEVEL` percentile interval of resampled values, as {lo, hi} (NaN draws left out)."""
+    tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    return {"lo": float(lo), "hi": float(hi)}
 
 
 def run_summary(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray) -> dict:
@@ -191,7 +218,7 @@ def baseline_summary(observed: np.ndarray, pooled: pd.Series, targets: np.ndarra
 def ceiling(table: pd.DataFrame, truth: Truth | None) -> dict:
     """The truth's figures on the test rows (with and without the residual no covariate explains)."""
     if truth is None:
-        return {"skipped": "no truth.parquet beside data.points.path: real data have no ceiling"}
+        return {"skipped": f"{paths.TRUTH} has no rows: real data have no ceiling"}
     oracle = truth.oracle or {}
     return {
         "truth": regression_metrics(table["observed"], table["truth"]),
