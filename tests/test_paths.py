@@ -15,14 +15,14 @@ from conftest import ROOT
 
 # stage -> (paths it writes, paths it reads), each in socmap.paths
 CONTRACT = {
-    "sample": ([paths.PATCHES, paths.SAMPLES, paths.REPORT], []),
+    "sample": ([paths.PATCHES, paths.SAMPLES, paths.REPORT], [paths.REGION]),
     "split": ([paths.SPLIT, paths.SPLIT_METRICS], [paths.SAMPLES]),
     "train": ([paths.MODELS, paths.RESUME, paths.TRAIN_METRICS / "metrics.json", paths.TRAIN_METRICS / "plots"],
               [paths.PATCHES, paths.SAMPLES, paths.SPLIT]),
     "evaluate": ([paths.CALIBRATION, paths.KRIGING_FIELDS, paths.EVALUATE_PLOTS,
                   paths.EVALUATE_METRICS / "metrics.json"],
-                 [paths.PATCHES, paths.SAMPLES, paths.REPORT, paths.SPLIT, paths.MODELS]),
-    "map": ([paths.MAPS, paths.MAP_PLOTS], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
+                 [paths.PATCHES, paths.SAMPLES, paths.REPORT, paths.SPLIT, paths.MODELS, paths.REGION]),
+    "map": ([paths.MAPS, paths.MAP_PLOTS], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.REGION]),
 }
 
 

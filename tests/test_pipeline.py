@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from socmap import paths
 from socmap.config import params_to_dict
 
 from conftest import ROOT, tiny_params
@@ -53,7 +54,8 @@ def make_project(where: Path, storage: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("data/", "models/", "plots/")):
+        if (ROOT / name).is_file() and (name.startswith(f"{paths.REGION}/")
+                                        or not name.startswith(("data/", "models/", "plots/"))):
             (where / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, where / name)
     (where / "params.yaml").write_text(yaml.safe_dump(tiny_project_params(), sort_keys=False))
