@@ -197,3 +197,35 @@ def test_grid_index_puts_points_in_their_pixels(coded):
                           np.array([5_399_999.5, 5_398_000.1, 5_389_000.0, 5_399_000.0, 0.0]))
     assert row[:3].tolist() == [0, 1, 11] and col[:3].tolist() == [0, 0, 1]
     assert grid.contains_index(row, col).tolist() == [True, True, True, False, False]
+
+
+def test_a_working_grid_on_the_pixels_of_the_reference_is_read_through_shifted_windows(coded):
+    extent = [602_000.0, 5_391_000.0, 610_000.0, 5_398_000.0]  # rows 2..8, columns 2..9 of the coded grid
+    catalog = RasterCatalog.open(coded_params(coded, **{"data.grid.extent": extent}).data)
+    assert catalog.grid.bounds == tuple(extent) and (catalog.grid.height, catalog.grid.width) == (7, 8)
+    assert not catalog.warped and {s["offset"][0] for s in catalog.shifted} == {2}
+    whole = RasterCatalog.open(coded_params(coded).data).read_stack(YEARS, 0, 0, H, W)
+    np.testing.assert_array_equal(catalog.read_stack(YEARS, 0, 0, 7, 8), whole[:, 2:9, 2:10])
+
+
+def test_a_working_grid_in_another_crs_warps_every_raster_onto_it(coded):
+    params = coded_params(coded, **{"data.grid.crs": "EPSG:3035", "data.grid.resolution": 500.0,
+                                    "data.rasters.resampling": "nearest"})
+    catalog = RasterCatalog.open(params.data)
+    grid = catalog.grid
+    assert grid.crs == rasterio.crs.CRS.from_epsg(3035) and grid.res == (500.0, 500.0)
+    assert grid.transform.c % 500 == 0 and grid.transform.f % 500 == 0  # on whole pixels, as gdalwarp -tap
+    assert len(catalog.warped) == len(catalog.files) and catalog.warped[0]["differs_in"][0] == "crs"
+    direct = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
+    with rasterio.open(coded / "A" / "2013.tif") as src:
+        reproject(src.read(1), direct, src_transform=src.transform, src_crs=src.crs, src_nodata=-9999.0,
+                  dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest)
+    assert 0.5 < np.isfinite(direct).mean() < 1  # the coded grid, turned and cut into 500 m pixels
+    np.testing.assert_array_equal(catalog.read_stack([2013], 0, 0, grid.height, grid.width)[0, ..., 0], direct)
+
+
+def test_a_working_grid_in_another_crs_needs_its_pixel_size(coded):
+    with pytest.raises(SocmapError, match=r"^data.grid.crs = EPSG:3035: another CRS than the reference band A's "
+                                          r"\(EPSG:25832\); set data.grid.resolution, the pixel size in units of "
+                                          r"EPSG:3035 \(the reference's pixels are about 10\d\d there\)$"):
+        RasterCatalog.open(coded_params(coded, **{"data.grid.crs": "EPSG:3035"}).data)
