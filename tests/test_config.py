@@ -78,10 +78,11 @@ def bad(key: str, value):
     ("data.grid.extent", [1, 2, 3], r"data\.grid\.extent = \[1, 2, 3\]: must be a list of 4 values"),
     ("data.grid.extent", [5, 0, 1, 9], r"data\.grid\.extent = \[5\.0, 0\.0, 1\.0, 9\.0\]: must be \[west, south, east, "
                                        r"north\]"),
-    ("data.region.boundary", "/elsewhere/bavaria.gpkg", r"data\.region\.boundary = '/elsewhere/bavaria\.gpkg': must "
-                                                        r"be a file under data/region/ \(e\.g\. data/region/bavaria\.gpkg\), "
-                                                        r"the folder that sample, evaluate and map depend on"),
-    ("data.region.boundary", "data/region", r"data\.region\.boundary = 'data/region': must be a file under data/region/"),
+    ("data.region.boundary", "/elsewhere/bavaria.gpkg",
+     r"data\.region\.boundary = '/elsewhere/bavaria\.gpkg': must be a file under data/region/ \(e\.g\. "
+     r"data/region/bavaria\.gpkg\), the folder that sample, evaluate and map depend on"),
+    ("data.region.boundary", "data/region",
+     r"data\.region\.boundary = 'data/region': must be a file under data/region/"),
     ("map.years", [2008], r"map\.years has 2008: must be in 2011\.\.2023"),
     ("simulate.latency_band", "NDVI", r"simulate\.latency_band = 'NDVI': must be one of LAI, LST"),
     ("simulate.static_resolution_m", 300, r"simulate\.resolution_m / simulate\.static_resolution_m = 3\.33333"),

@@ -178,10 +178,10 @@ def test_an_unreachable_validation_ratio_names_the_largest_reachable(cloud, rati
 def test_a_threshold_wider_than_the_world_is_an_error_naming_the_threshold_that_leaves_rows():
     samples = point_cloud(3, 80, 10.0, 0.0)
     cfg = SplitConfig(distance_threshold=30.0, test_block_km=2.0)
-    with pytest.raises(SocmapError, match=r"^split.distance_threshold = 30 km: the buffer around the test set leaves no "
-                                          r"rows for training \(each of the \d+ other rows lies that close to a test "
-                                          r"row\); a threshold below [\d.]+ km keeps the row farthest from the test set$"
-                       ) as error:
+    with pytest.raises(SocmapError, match=r"^split.distance_threshold = 30 km: the buffer around the test set leaves "
+                                          r"no rows for training \(each of the \d+ other rows lies that close to a "
+                                          r"test row\); a threshold below [\d.]+ km keeps the row farthest from the "
+                                          r"test set$") as error:
         assign_roles(samples, cfg, 2)
     below = float(str(error.value).split("below ")[1].split(" km")[0])
     for threshold in (below + 0.002, below - 1e-6):  # just above the farthest row: the same; just below: it trains
@@ -346,7 +346,8 @@ def test_a_lonlat_world_splits_on_the_ground_as_its_metric_twin(tiny_world, knob
     (metric_report, metric, metric_split, metric_metrics), (report, lonlat, split, metrics) = runs.values()
     assert report["grid"]["crs"] == "EPSG:4326" and report["working_crs"]["from"].startswith("a transverse Mercator")
     assert metric_report["working_crs"] == {"crs": "EPSG:25832", "name": "ETRS89 / UTM zone 32N",
-                                            "from": "the grid's CRS", "scale": pytest.approx([0.99996, 1.00007], abs=1e-5)}
+                                            "from": "the grid's CRS",
+                                            "scale": pytest.approx([0.99996, 1.00007], abs=1e-5)}
     assert 0.99999 < report["working_crs"]["scale"][0] <= report["working_crs"]["scale"][1] <= 1.0
     pixel_m = 1000.0 * min(report["grid"]["res"]) / report["grid"]["res"][1] * math.cos(math.radians(48.43))
     # the metric world's test rows, measured to its training rows in each world's x, y: the same distances

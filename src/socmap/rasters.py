@@ -235,7 +235,8 @@ class RasterCatalog:
             for c in range(col_off // block_w * block_w, col_off + width, block_w):
                 h, w = min(block_h, self.grid.height - r), min(block_w, self.grid.width - c)
                 block = view.read(f.layer, window=Window(c, r, w, h), out_dtype=np.float32)
-                r0, r1, c0, c1 = max(r, row_off), min(r + h, row_off + height), max(c, col_off), min(c + w, col_off + width)
+                r0, r1 = max(r, row_off), min(r + h, row_off + height)
+                c0, c1 = max(c, col_off), min(c + w, col_off + width)
                 out[r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off] = block[r0 - r:r1 - r, c0 - c:c1 - c]
 
     def _dataset(self, path: str) -> rasterio.DatasetReader:

@@ -97,8 +97,8 @@ def _static_layer(lookup, root: Path, pattern: str, band: str) -> tuple[dict, in
     head = lookup(pattern, what, band=band)
     if head is None:
         path = root / pattern.format(band=band)
-        raise SocmapError(f"static band {band}: {f'no file matches {path}' if '*' in pattern else f'file {path} not found'} "
-                          f"(data.rasters.static = {pattern!r})")
+        missing = f"no file matches {path}" if "*" in pattern else f"file {path} not found"
+        raise SocmapError(f"static band {band}: {missing} (data.rasters.static = {pattern!r})")
     index = layer(head, band, "{band}" not in pattern, what)
     if index is None:
         raise SocmapError(f"static band {band}: no layer of {head['source'].name} is described {band!r} "
@@ -137,10 +137,12 @@ def mosaic(tiles: list[str], name: str) -> str:
         h["col"], h["row"] = (h["transform"].c - west) / t.a, (h["transform"].f - north) / t.e
         differs = [what for what, same in (
             ("CRS", h["crs"] == first["crs"]), ("layers", h["count"] == first["count"]),
-            ("data type", h["dtypes"] == first["dtypes"]), ("layer descriptions", h["descriptions"] == first["descriptions"]),
+            ("data type", h["dtypes"] == first["dtypes"]),
+            ("layer descriptions", h["descriptions"] == first["descriptions"]),
             ("nodata", np.array_equal(h["nodata"], first["nodata"], equal_nan=True)),
             ("pixel size", h["transform"][:2] + h["transform"][3:5] == t[:2] + t[3:5]),
-            ("pixel alignment", max(abs(h["col"] - round(h["col"])), abs(h["row"] - round(h["row"]))) <= ALIGN_TOLERANCE),
+            ("pixel alignment", max(abs(h["col"] - round(h["col"])),
+                                    abs(h["row"] - round(h["row"]))) <= ALIGN_TOLERANCE),
         ) if not same]
         if differs:
             raise SocmapError(f"{h['path']} (tile of {name}): its {differs[0]} differs from {first['path']}'s; "
