@@ -94,3 +94,27 @@ def test_a_region_too_wide_for_one_projection_is_warned_about(caplog):
     low, high = scale_range(crs, europe)
     assert high <= 1.0 and low < 0.995
     assert local_projection(BAVARIA_BBOX, CRS.from_epsg(4326)) == working_crs("EPSG:4326", BAVARIA)
+
+
+def test_the_map_kriges_lon_lat_pixels_where_the_sample_table_puts_their_rows(knob_world, tmp_path):
+    """On a lon/lat grid the map moves its pixel centres into the sample stage's working CRS: a row and the
+    centre of its pixel lie less than half a pixel's diagonal apart there."""
+    import pandas as pd
+
+    from conftest import tiny_params
+    from socmap.blocks import MapPlan
+    from socmap.rasters import RasterCatalog
+    from socmap.sample import sample
+
+    params = tiny_params(knob_world(crs="EPSG:4326"))
+    report = sample(params.data, params.sample, tmp_path)
+    rows = pd.read_parquet(tmp_path / "samples.parquet")
+    catalog, region = RasterCatalog.open(params.data), Region.from_config(params.data.region)
+    plan = MapPlan.build(params, catalog, region)
+    assert plan.working_crs == CRS.from_user_input(report["working_crs"]["crs"])
+    grid = catalog.grid
+    x, y = to_working(*grid.centres(0, 0, grid.height, grid.width), grid.crs, plan.working_crs)
+    row, col = grid.index(rows["lon"].to_numpy(), rows["lat"].to_numpy())
+    apart = np.hypot(x[row, col] - rows["x"], y[row, col] - rows["y"])
+    half_diagonal = 0.5 * np.hypot(1000.0, 1000.0 * np.cos(np.radians(48.43)))
+    assert 0 < apart.max() < half_diagonal and apart.mean() > 100  # centres, not the rows themselves

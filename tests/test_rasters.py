@@ -229,3 +229,12 @@ def test_a_working_grid_in_another_crs_needs_its_pixel_size(coded):
                                           r"\(EPSG:25832\); set data.grid.resolution, the pixel size in units of "
                                           r"EPSG:3035 \(the reference's pixels are about 10\d\d there\)$"):
         RasterCatalog.open(coded_params(coded, **{"data.grid.crs": "EPSG:3035"}).data)
+
+
+def test_a_working_grid_that_repeats_the_reference_is_the_reference_and_a_coarser_one_keeps_its_corner(coded):
+    reference = RasterCatalog.open(coded_params(coded).data).grid
+    same = RasterCatalog.open(coded_params(coded, **{"data.grid.crs": CRS, "data.grid.resolution": 1000.0}).data)
+    assert same.grid == reference and not same.warped
+    coarse = RasterCatalog.open(coded_params(coded, **{"data.grid.resolution": 3000.0}).data).grid
+    assert coarse.bounds[0] == reference.bounds[0] and coarse.bounds[3] == reference.bounds[3]
+    assert (coarse.height, coarse.width) == (4, 6)  # 12 × 16 km covered by whole 3 km pixels

@@ -95,7 +95,9 @@ def main(params) -> None:
     from socmap.region import Region
 
     cfg = params.evaluate
-    working_crs = read_json(paths.REPORT, "sample")["working_crs"]["crs"]  # the CRS of the samples' x, y
+    working = read_json(paths.REPORT, "sample").get("working_crs")  # the CRS of the samples' x, y
+    if working is None:
+        raise SocmapError(f"{paths.REPORT}: no working_crs (written by an older socmap); rerun `socmap sample`")
     samples = pd.read_parquet(paths.SAMPLES)
     patches = np.load(paths.PATCHES, mmap_mode="r")
     predictors = load_ensemble(paths.MODELS)
@@ -113,7 +115,7 @@ def main(params) -> None:
     for name, choice in chosen.items():
         summary["baselines"][name].update(choice)
     fields = [] if kriging is None else kriging.fields
-    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(working_crs),
+    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(working["crs"]),
                   fields)
     log.info("test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f (nominal %.2f); "
              "baselines r2 %s", params.split.mode, summary["n"], summary["r2"],

@@ -47,13 +47,17 @@ class GridSpec:
                   extent: tuple[float, float, float, float] | None = None) -> GridSpec:
         """A north-up grid in `crs` of square `res` pixels (None: this grid's x pixel size) over `extent`
         (west, south, east, north in `crs`; None: this grid's bounds there, widened to whole pixels of
-        `res` from the CRS origin, as gdalwarp -tap does)."""
+        `res` counted from this grid's corner in its own CRS, or from the CRS origin in another, as
+        gdalwarp -tap does)."""
         crs = CRS.from_user_input(crs)
         res = self.res[0] if res is None else float(res)
         if extent is None:
-            west, south, east, north = transform_bounds(self.crs, crs, *self.bounds, densify_pts=21)
-            west, south = math.floor(west / res) * res, math.floor(south / res) * res
-            east, north = math.ceil(east / res) * res, math.ceil(north / res) * res
+            same = crs == self.crs
+            west, south, east, north = self.bounds if same else transform_bounds(self.crs, crs, *self.bounds,
+                                                                                  densify_pts=21)
+            x0, y0 = (self.transform.c, self.transform.f) if same else (0.0, 0.0)
+            west, east = x0 + math.floor((west - x0) / res) * res, x0 + math.ceil((east - x0) / res) * res
+            south, north = y0 + math.floor((south - y0) / res) * res, y0 + math.ceil((north - y0) / res) * res
         else:
             west, south, east, north = extent
         width, height = math.ceil((east - west) / res - 1e-9), math.ceil((north - south) / res - 1e-9)

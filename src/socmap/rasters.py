@@ -277,9 +277,9 @@ def analysis_grid(head: dict, cfg: GridConfig, reference: str) -> GridSpec:
     """The grid every layer is read onto: the reference layer's own, with `data.grid`'s CRS, pixel size
     and extent in place of its own where they are set."""
     own = GridSpec(head["crs"], head["transform"], head["width"], head["height"])
-    if cfg == GridConfig():
-        return own
     crs = CRS.from_user_input(cfg.crs) if cfg.crs is not None else own.crs
+    if crs == own.crs and cfg.resolution is None and cfg.extent is None:
+        return own
     if cfg.resolution is None and crs != own.crs:
         suggested = calculate_default_transform(own.crs, crs, own.width, own.height, *own.bounds)[0].a
         raise SocmapError(f"data.grid.crs = {cfg.crs}: another CRS than the reference band {reference}'s "
