@@ -15,15 +15,16 @@ from conftest import ROOT
 
 # stage -> (paths it writes, paths it reads), each in socmap.paths
 CONTRACT = {
-    "sample": ([paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT], []),
+    "sample": ([paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT], [paths.REGION]),
     "split": ([paths.SPLIT, paths.SPLIT_METRICS], [paths.SAMPLES]),
     "train": ([paths.MODELS, paths.TRAIN_CURVES, paths.TRAIN_METRICS / "metrics.json", paths.TRAIN_METRICS / "plots"],
               [paths.PATCHES, paths.SAMPLES, paths.SPLIT]),
     "evaluate": ([paths.CALIBRATION, paths.KRIGING_FIELDS, paths.EVALUATE_PLOTS,
                   paths.EVALUATE_METRICS / "metrics.json"],
-                 [paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT, paths.SPLIT, paths.MODELS]),
+                 [paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT, paths.SPLIT, paths.MODELS,
+                  paths.REGION]),
     "bundle": ([paths.ENSEMBLE], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
-    "map": ([paths.MAPS, paths.MAP_PLOTS], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
+    "map": ([paths.MAPS, paths.MAP_PLOTS], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.REGION]),
 }
 
 

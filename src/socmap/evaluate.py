@@ -20,7 +20,7 @@ from socmap import paths
 from socmap.baselines import baseline_predictions
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
-from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
+from socmap.kriging import ResidualField, krige_runs, save_fields
 from socmap.plots import plot_residual_map, plot_scatter, plot_variograms
 from socmap.scoring import coverage_curve, error_by_year, headline, score
 from socmap.truth import load_truth
@@ -75,8 +75,9 @@ def main(params) -> None:
 
     cfg = params.evaluate
     report = read_json(paths.REPORT, "sample")
-    grid_crs = report["grid"]["crs"]
-    require_projected(grid_crs, cfg.kriging, paths.REPORT)
+    working = report.get("working_crs")  # the CRS of the samples' x, y
+    if working is None:
+        raise SocmapError(f"{paths.REPORT}: no working_crs (written by an older socmap); rerun `socmap sample`")
     samples = pd.read_parquet(paths.SAMPLES)
     patches = np.load(paths.PATCHES, mmap_mode="r")
     predictors = load_ensemble(paths.MODELS)
@@ -94,7 +95,7 @@ def main(params) -> None:
     for name, choice in chosen.items():
         summary["baselines"][name].update(choice)
     fields = [] if kriging is None else kriging.fields
-    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),
+    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(working["crs"]),
                   fields)
     log.info("validation r2 %.3f; test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f "
              "(nominal %.2f); baselines r2 %s", headline(summary)["val_r2"], params.split.mode, summary["n"],

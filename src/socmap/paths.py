@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# inputs: a boundary file (data.region.boundary) lies in this folder, which dvc.yaml lists as a dep of
+# every stage that reads the region (DVC has no optional deps: a null path cannot be one)
+REGION = Path("data/region")
+
 # sample
 PROCESSED = Path("data/processed")
 PATCHES = PROCESSED / "patches.npy"  # float32 [rows, bands, window, window, years]

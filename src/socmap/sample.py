@@ -1,9 +1,10 @@
 """`socmap sample`: survey rows and yearly rasters into model-ready patches, with an account of every row.
 
 Writes data/processed/patches.npy (float32 [N, C, W, W, T]), samples.parquet
-(one row per patch, same order), truth.parquet (a simulated world's truth of those
-rows, `socmap.truth`) and report.json (rows read, kept, dropped by reason, fills,
-the reference grid, warped rasters, the oracle figures).
+(one row per patch, same order; x, y in metres of the working CRS, `socmap.ground`),
+truth.parquet (a simulated world's truth of those rows, `socmap.truth`) and
+report.json (rows read, kept, dropped by reason, fills, the analysis grid, warped
+rasters, the working CRS, the oracle figures).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from socmap import paths
 from socmap.config import DataConfig, SampleConfig
+from socmap.ground import describe, to_working, working_crs
 from socmap.io import atomic_path, write_json
 from socmap.patches import extract_patches, fill_values, window_years
 from socmap.points import clean, read_survey
@@ -86,7 +88,9 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         del patches
     drops["low_valid_fraction"] = int(np.sum(~enough))
     fills = fill_values(catalog, sample_cfg.fill)
-    samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
+    working = working_crs(catalog.grid.crs, region)
+    x, y = to_working(kept["x"].to_numpy(), kept["y"].to_numpy(), catalog.grid.crs, working)
+    samples = kept.assign(x=x, y=y, valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
     with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
     truth = carry_truth(data_cfg.points.path, samples, out_dir / paths.TRUTH.name)
@@ -104,6 +108,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
             "pixel_share": float(1.0 - valid_fraction[enough].mean()) if enough.any() else 0.0,
         },
         **{k: v for k, v in catalog.describe().items() if k in ("grid", "warped", "shifted")},
+        "working_crs": describe(working, region, catalog.grid.crs),
         "bands": bands,
         "static_bands": list(data_cfg.static_bands),
         "window_size": sample_cfg.window_size,

@@ -3,7 +3,7 @@
 Every row gets one of four roles in every run: ``train``, ``val``, ``test`` or
 ``buffer`` (used by no model). Sites (``site_id``: LUCAS revisits, repeated
 state-survey points) are atomic: all rows of a site share a role. Distances
-are Euclidean in the projected CRS of ``x, y`` (metres).
+are Euclidean in the metric working CRS of ``x, y`` (metres, `socmap.ground`).
 
 - **Test** (``holdout``): square blocks of side ``split.test_block_km`` on a
   grid with a random offset are drawn in random order until
@@ -260,12 +260,24 @@ def outside_test(xy: np.ndarray, target: np.ndarray, row_site: np.ndarray, test:
     base[near_sites(xy, row_site, test, threshold_m)] = BUFFER
     pool = base == TRAIN
     if not pool.any():
-        raise SocmapError(f"split.distance_threshold = {cfg.distance_threshold:g} km: the buffer around "
-                          "the test set leaves no rows for training; lower it or split.test_ratio")
+        raise SocmapError(no_training_rows(xy, test[row_site], cfg))
     pool_rows = pool[row_site]
     site_hist = np.zeros((len(test), cfg.strata))
     np.add.at(site_hist, (row_site[pool_rows], quantile_bins(target[pool_rows], cfg.strata)), 1)
     return base, linked_clusters(xy, row_site, pool, threshold_m), site_hist
+
+
+def no_training_rows(xy: np.ndarray, test_rows: np.ndarray, cfg: SplitConfig) -> str:
+    """Why no row is left for training, and the one change that surely leaves some: the message when
+    the test set and its buffer take every row."""
+    if test_rows.all():
+        return (f"split.test_ratio = {cfg.test_ratio:g}: the test set takes all {len(xy)} rows (it takes whole "
+                "sites), none is left for training")
+    farthest_m = float(cKDTree(xy[test_rows]).query(xy[~test_rows])[0].max())
+    below_km = math.floor(farthest_m * 1000) / 1e6 or farthest_m / 1000  # rounded down to the millimetre
+    return (f"split.distance_threshold = {cfg.distance_threshold:g} km: the buffer around the test set leaves no "
+            f"rows for training (each of the {int((~test_rows).sum())} other rows lies that close to a test row); "
+            f"a threshold below {below_km} km keeps the row farthest from the test set")
 
 
 def tested_sites(site_xy: np.ndarray, site_rows: np.ndarray, cfg: SplitConfig,
