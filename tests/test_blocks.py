@@ -44,7 +44,7 @@ def test_windows_with_too_little_valid_data_are_nodata(ensemble, calibration):
     inside[7, 7] = False
     plan = blocks.MapPlan(years=(2020,), needed=(2018, 2019, 2020), year_steps={2020: slice(0, 3)}, window_size=5,
                           window=blocks.Window(0, 0, 8, 8), blocks=(), fill_values=(1.0,) * 6, min_valid_fraction=0.5,
-                          block_size=8, batch_size=7)
+                          block_size=8, batch_size=7, working_crs="EPSG:25832")
     out = blocks.predict_block(stack, valid, inside, Ensemble(ensemble, calibration), plan)[2020]
     fraction = np.array([[1 - max(0, min(r + 5, 7) - r) * max(0, min(c + 5, 7) - c) / 25 for c in range(8)]
                          for r in range(8)])

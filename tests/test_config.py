@@ -67,7 +67,22 @@ def bad(key: str, value):
     ("data.static_bands", ["Slope"], r"data\.static_bands = \['Slope'\]: 'Slope' is not in data\.bands"),
     ("data.first_year", 2030, r"data\.first_year = 2030 is after data\.last_year = 2023"),
     ("data.points.unit", "mg/g", r"data\.points\.unit = 'mg/g': must be one of g/kg, %"),
-    ("data.rasters.yearly", "{band}.tif", r"data\.rasters\.yearly = '\{band\}\.tif': must contain \{band\} and \{year\}"),
+    ("data.rasters.yearly", "{band}.tif", r"data\.rasters\.yearly = '\{band\}\.tif': must contain \{year\}"),
+    ("data.rasters.yearly", "{bnd}/{year}.tif", r"data\.rasters\.yearly = '\{bnd\}/\{year\}\.tif': unknown placeholder "
+                                                r"\{bnd\}; use \{band\} and \{year\}"),
+    ("data.rasters.static", "{year}.tif", r"data\.rasters\.static = '\{year\}\.tif': unknown placeholder \{year\}; "
+                                          r"use \{band\}"),
+    ("data.rasters.static", "{band/x.tif", r"data\.rasters\.static = '\{band/x\.tif': not a path pattern"),
+    ("data.grid.crs", "EPSG:99999", r"data\.grid\.crs = 'EPSG:99999': not a CRS"),
+    ("data.grid.resolution", 0, r"data\.grid\.resolution = 0\.0: must be > 0"),
+    ("data.grid.extent", [1, 2, 3], r"data\.grid\.extent = \[1, 2, 3\]: must be a list of 4 values"),
+    ("data.grid.extent", [5, 0, 1, 9], r"data\.grid\.extent = \[5\.0, 0\.0, 1\.0, 9\.0\]: must be \[west, south, east, "
+                                       r"north\]"),
+    ("data.region.boundary", "/elsewhere/bavaria.gpkg",
+     r"data\.region\.boundary = '/elsewhere/bavaria\.gpkg': must be a file under data/region/ \(e\.g\. "
+     r"data/region/bavaria\.gpkg\), the folder that sample, evaluate and map depend on"),
+    ("data.region.boundary", "data/region",
+     r"data\.region\.boundary = 'data/region': must be a file under data/region/"),
     ("map.years", [2008], r"map\.years has 2008: must be in 2011\.\.2023"),
     ("simulate.latency_band", "NDVI", r"simulate\.latency_band = 'NDVI': must be one of LAI, LST"),
     ("simulate.static_resolution_m", 300, r"simulate\.resolution_m / simulate\.static_resolution_m = 3\.33333"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from socmap.errors import SocmapError
 from socmap.folds import deal, holdout_test, knndm_folds, training_distances
 
 
@@ -61,5 +60,5 @@ def test_knndm_picks_coarse_folds_when_the_map_is_far_from_the_sites():
 
 
 def test_knndm_needs_a_site_per_fold():
-    with pytest.raises(SocmapError, match="3 sites outside test and its buffer cannot make 4 validation folds"):
+    with pytest.raises(ValueError, match="3 sites cannot make 4 folds"):  # split says which params to change
         knndm_folds(grid_sites(1000.0, 2)[:3], np.ones(3), grid_sites(1000.0, 2), 4, 0.0, np.random.default_rng(0))

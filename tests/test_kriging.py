@@ -9,7 +9,7 @@ from figures import hand_made
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.kriging import (ResidualField, Variogram, empirical_variogram, fit_variogram, krige_runs, load_fields,
-                            require_projected, save_fields, to_residuals)
+                            save_fields, to_residuals)
 
 
 def exponential_field(n: int, nugget: float, sill: float, range_km: float, seed: int = 0):
@@ -111,14 +111,6 @@ def test_fields_file_round_trip_and_errors(tmp_path):
     path.write_bytes(b"not an npz")
     with pytest.raises(SocmapError, match="kriging.npz: not a socmap kriging file"):
         load_fields(path)
-
-
-def test_a_geographic_grid_is_refused_unless_kriging_is_off():
-    require_projected("EPSG:25832", "log", "report.json")
-    require_projected("EPSG:4326", "none", "report.json")
-    with pytest.raises(SocmapError, match=r"report.json: the grid CRS EPSG:4326 is geographic .* evaluate.kriging = "
-                                          r"log needs distances in metres"):
-        require_projected("EPSG:4326", "log", "report.json")
 
 
 @pytest.mark.parametrize("mode", ["holdout", "kfold"])

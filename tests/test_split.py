@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pyproj import Transformer
+from pyproj import Geod, Transformer
+from scipy.spatial import cKDTree
 
 from socmap import paths
 from socmap import split as split_stage
@@ -128,12 +129,15 @@ def test_split_keeps_its_guarantees_or_says_why_not(cloud, cfg, num_runs):
     except SocmapError as exc:
         message = str(exc)
         event(message.split(" = ")[0])
-        if "split.folds" in message:  # fewer blocks with data than folds
+        if "validation folds" in message:
+            assert "sites lie outside the test set and its buffer, too few for" in message
+            assert message.endswith("split.test_ratio or split.distance_threshold")
+        elif "split.folds" in message:  # fewer blocks with data than folds
             assert cfg.mode == "kfold" and "split.test_block_km" in message
         elif "stop_ratio" in message:
             assert "the largest reachable share below it is" in message
-        elif "validation folds" in message:
-            assert "sites outside test and its buffer cannot make" in message
+        elif "leaves no rows for training" in message:
+            assert "a threshold below" in message
         else:
             assert "lies within it of a" in message and "; lower split.distance_threshold" in message
         return
@@ -142,12 +146,22 @@ def test_split_keeps_its_guarantees_or_says_why_not(cloud, cfg, num_runs):
     pd.testing.assert_frame_equal(split, split_of(samples, cfg, num_runs))  # same seed, same split
 
 
-def test_a_threshold_wider_than_the_world_is_an_error():
+def test_a_threshold_wider_than_the_world_is_an_error_naming_the_threshold_that_leaves_rows():
     samples = point_cloud(3, 80, 10.0, 0.0)
     cfg = SplitConfig(distance_threshold=30.0, test_block_km=2.0)
-    with pytest.raises(SocmapError, match="split.distance_threshold = 30 km: every site outside test lies "
-                                          "within it of a test row; lower split.distance_threshold"):
+    with pytest.raises(SocmapError, match=r"^split.distance_threshold = 30 km: the buffer around the test set leaves "
+                                          r"no rows for training \(each of the \d+ other rows lies that close to a "
+                                          r"test row\); a threshold below [\d.]+ km keeps the row farthest from the "
+                                          r"test set$") as error:
         split_of(samples, cfg, 2)
+    below = float(str(error.value).split("below ")[1].split(" km")[0])
+    for threshold in (below + 0.002, below - 1e-6):  # just above the farthest row: the same; just below: it trains
+        try:
+            split_of(samples, dataclasses.replace(cfg, distance_threshold=threshold), 2)
+            message = ""
+        except SocmapError as exc:
+            message = str(exc)
+        assert ("leaves no rows" in message) == (threshold > below), (threshold, message)
 
 
 def test_too_few_blocks_for_the_folds_is_an_error():
@@ -268,3 +282,61 @@ def test_sample_then_split_on_the_tiny_world(tiny, tmp_path, monkeypatch):
     split = pd.read_parquet(tmp_path / paths.SPLIT)
     check_guarantees(samples, split, tiny.split, tiny.train.num_runs)
     assert samples["site_id"].nunique() < len(samples)  # revisits are there, and were kept together
+
+
+def held_out_geodesic_km(samples: pd.DataFrame, split: pd.DataFrame) -> float:
+    """The smallest geodesic distance (km, WGS 84, from lon and lat) between a test or validation row and a
+    training row of the same run, over all runs: brute force, independent of any projection."""
+    geod, closest = Geod(ellps="WGS84"), math.inf
+    lon, lat = samples["lon"].to_numpy(), samples["lat"].to_numpy()
+    for _, frame in split.groupby("run"):
+        role = samples[["row_id"]].merge(frame, on="row_id", validate="one_to_one")["role"].to_numpy()
+        train, held = np.flatnonzero(role == "train"), np.flatnonzero(np.isin(role, ["test", "val"]))
+        a, b = np.repeat(held, train.size), np.tile(train, held.size)
+        closest = min(closest, float(geod.inv(lon[a], lat[a], lon[b], lat[b])[2].min()) / 1000.0)
+    return closest
+
+
+def test_too_few_sites_for_the_validation_folds_is_an_error_naming_what_to_lower():
+    samples = point_cloud(4, 10, 4.0, 0.0)
+    cfg = SplitConfig(distance_threshold=1.0, test_block_km=2.0, test_ratio=0.3)
+    with pytest.raises(SocmapError, match=r"^split: only 4 of 10 sites lie outside the test set and its buffer, too few "
+                                          r"for 6 validation folds \(one per run of train.num_runs, two for one run\); "
+                                          r"lower train.num_runs, split.test_ratio or split.distance_threshold$"):
+        split_of(samples, cfg, 6)
+    assert split_of(samples, cfg, 4)["run"].nunique() == 4  # four folds of the four sites: it splits
+
+
+def test_a_lonlat_world_splits_on_the_ground_as_its_metric_twin(tiny_world, knob_world, tmp_path, monkeypatch):
+    """The tiny world in EPSG:25832 and warped to EPSG:4326 (Earth Engine's CRS): sample and split each. The
+    test-to-train distances agree within a pixel, and in both every held-out row is at least
+    split.distance_threshold km on the ground from every training row."""
+    from socmap.sample import sample
+
+    runs = {}
+    for name, world in (("metric", tiny_world), ("lonlat", knob_world(crs="EPSG:4326"))):
+        params = tiny_params(world, **{"split.test_block_km": 5.0})
+        monkeypatch.chdir(tmp_path.joinpath(name).mkdir() or tmp_path / name)
+        report = sample(params.data, params.sample, paths.PROCESSED)
+        split_stage.main(params)
+        runs[name] = (report, pd.read_parquet(paths.SAMPLES), pd.read_parquet(paths.SPLIT),
+                      json.loads(paths.SPLIT_METRICS.read_text()))
+        assert held_out_geodesic_km(runs[name][1], runs[name][2]) >= params.split.distance_threshold
+    (metric_report, metric, metric_split, metric_metrics), (report, lonlat, split, metrics) = runs.values()
+    assert report["grid"]["crs"] == "EPSG:4326" and report["working_crs"]["from"].startswith("a transverse Mercator")
+    assert metric_report["working_crs"] == {"crs": "EPSG:25832", "name": "ETRS89 / UTM zone 32N",
+                                            "from": "the grid's CRS",
+                                            "scale": pytest.approx([0.99996, 1.00007], abs=1e-5)}
+    assert 0.99999 < report["working_crs"]["scale"][0] <= report["working_crs"]["scale"][1] <= 1.0
+    pixel_m = 1000.0 * min(report["grid"]["res"]) / report["grid"]["res"][1] * math.cos(math.radians(48.43))
+    # the metric world's test rows, measured to its training rows in each world's x, y: the same distances
+    both = metric[["row_id", "x", "y"]].merge(lonlat[["row_id", "x", "y"]], on="row_id", suffixes=("", "_ll"))
+    assert len(both) == len(metric) == len(lonlat)
+    roles = both[["row_id"]].merge(metric_split[metric_split["run"] == 0], on="row_id")["role"].to_numpy()
+    for columns in (["x", "y"], ["x_ll", "y_ll"]):
+        xy = both[columns].to_numpy()
+        nearest = cKDTree(xy[roles == "train"]).query(xy[roles == "test"])[0]
+        runs[columns[0]] = nearest
+    assert np.abs(runs["x"] - runs["x_ll"]).max() < min(pixel_m, 5e-4 * runs["x"].max())
+    for figures in (metrics, metric_metrics):  # what split.json reports, measured in each world's x, y
+        assert figures["min_distance_km"] >= params.split.distance_threshold - pixel_m / 1000.0

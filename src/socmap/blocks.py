@@ -19,12 +19,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from pyproj import CRS
 from tqdm import tqdm
 
 from socmap.config import Params
 from socmap.ensemble import Ensemble
 from socmap.errors import SocmapError
 from socmap.grid import GridSpec
+from socmap.ground import to_working, working_crs
 from socmap.launch import distributed
 from socmap.patches import box_mean, fill_missing, fill_values, window_counts
 from socmap.rasters import RasterCatalog
@@ -46,7 +48,7 @@ class Window:
 @dataclass(frozen=True)
 class MapPlan:
     """What every block of a map run needs, decided once: the years and their time steps, the window
-    and its blocks, the fill values and the thresholds."""
+    and its blocks, the fill values, the thresholds and the CRS that kriging measures in."""
 
     years: tuple[int, ...]  # the map years, chronological
     needed: tuple[int, ...]  # every year any map needs, chronological
@@ -59,6 +61,7 @@ class MapPlan:
     min_valid_fraction: float
     block_size: int  # pixels per side of a block, at most
     batch_size: int  # pixels per prediction batch
+    working_crs: CRS  # the CRS of the kriging fields' positions, as the sample stage's x, y
 
     @classmethod
     def build(cls, params: Params, catalog: RasterCatalog, region: Region) -> "MapPlan":
@@ -69,7 +72,8 @@ class MapPlan:
         fills = fill_values(catalog, params.sample.fill)
         return cls(tuple(years), tuple(needed), year_steps, params.sample.window_size, params.sample.context, window,
                    tuple(split_blocks(window, params.map.block_size)), tuple(fills[b] for b in params.data.bands),
-                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size)
+                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size,
+                   working_crs(catalog.grid.crs, region))
 
     @property
     def halo(self) -> int:
@@ -168,7 +172,8 @@ def map_block(catalog: RasterCatalog, region: Region, ensemble: Ensemble, plan: 
     filled, valid = with_context(filled, valid, plan)
     inside = region.mask(catalog.grid, block.row_off, block.col_off, block.height, block.width)
     predicted = predict_block(filled, valid, inside, ensemble, plan)
-    x, y = catalog.grid.centres(block.row_off, block.col_off, block.height, block.width)
+    x, y = to_working(*catalog.grid.centres(block.row_off, block.col_off, block.height, block.width),
+                      catalog.grid.crs, plan.working_crs)
     kriging_variance = ensemble.krige(predicted, x, y)
     return ensemble.bands(predicted, plan.change, kriging_variance)
 

@@ -24,7 +24,7 @@ import yaml
 from socmap import paths
 from socmap.errors import SocmapError
 from socmap.io import read_text
-from socmap.validation import Invalid, bounds, build
+from socmap.validation import Invalid, bounds, build, check_pattern, inside, parse_crs
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
 
@@ -35,11 +35,22 @@ BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
 @dataclass(frozen=True)
 class RastersConfig:
     dir: str = str(paths.world_data() / paths.WORLD_RASTERS)
+    # path patterns under dir: without {band}, one file holds the bands as layers named by their
+    # descriptions; a * reads every matching tile as one mosaic
     yearly: str = "{band}/{year}.tif"
     static: str = "{band}/static.tif"
     reference: Optional[str] = None  # band whose grid all others are aligned to; None: first yearly band
     resampling: Literal["bilinear", "cubic", "average", "nearest"] = "bilinear"
     missing_years: Literal["nearest", "mean"] = "nearest"  # how a band missing for a year is filled
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """`data.grid`: the analysis grid every raster is read onto; each null key is the reference band's."""
+
+    crs: Optional[str] = None  # e.g. EPSG:25832
+    resolution: Optional[float] = field(default=None, metadata=bounds(gt=0))  # pixel size in units of crs
+    extent: Optional[tuple[float, ...]] = field(default=None, metadata=bounds(length=4))  # west, south, east, north
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class RegionConfig:
 @dataclass(frozen=True)
 class DataConfig:
     rasters: RastersConfig = RastersConfig()
+    grid: GridConfig = GridConfig()
     bands: tuple[str, ...] = (
         "Elevation", "LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration",
     )
@@ -210,6 +222,7 @@ class TrainConfig:
     num_processes: int = field(default=1, metadata=bounds(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))  # epochs between resume checkpoints
+    monitor: bool = False  # dvclive's system monitoring and HTML report in monitor/train/ (untracked)
 
 
 @dataclass(frozen=True)
@@ -363,10 +376,13 @@ def _check_consistency(p: Params) -> None:
         raise Invalid(f"data.rasters.reference = {d.rasters.reference!r}: must be one of data.bands "
                        f"({', '.join(d.bands)}) or null")
     for key in ("yearly", "static"):
-        pattern = getattr(d.rasters, key)
-        needed = ("{band}", "{year}") if key == "yearly" else ("{band}",)
-        if not all(n in pattern for n in needed):
-            raise Invalid(f"data.rasters.{key} = {pattern!r}: must contain {' and '.join(needed)}")
+        check_pattern(getattr(d.rasters, key), f"data.rasters.{key}", required=("year",) if key == "yearly" else (),
+                      allowed=("band", "year") if key == "yearly" else ("band",))
+    _check_grid(d.grid)
+    if d.region.boundary is not None and not inside(d.region.boundary, paths.REGION):
+        raise Invalid(f"data.region.boundary = {d.region.boundary!r}: must be a file under {paths.REGION}/ "
+                       f"(e.g. {paths.REGION}/bavaria.gpkg), the folder that sample, evaluate and map depend on "
+                       "in dvc.yaml, so that an edit of the file reruns them")
     for section, bbox in (("data.region.bbox", d.region.bbox), ("simulate.bbox", p.simulate.bbox)):
         west, south, east, north = bbox
         if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
@@ -386,6 +402,17 @@ def _check_consistency(p: Params) -> None:
         if not d.first_year + p.sample.time_before - 1 <= year <= d.last_year:
             raise Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
                            f"..{d.last_year} so that its {p.sample.time_before}-year window fits the data")
+
+
+def _check_grid(g: GridConfig) -> None:
+    """data.grid: a CRS that parses and an extent with west < east and south < north."""
+    if g.crs is not None:
+        parse_crs(g.crs, "data.grid.crs")
+    if g.extent is not None:
+        west, south, east, north = g.extent
+        if not (west < east and south < north):
+            raise Invalid(f"data.grid.extent = {list(g.extent)!r}: must be [west, south, east, north] in the "
+                           "units of data.grid.crs, with west < east and south < north")
 
 
 def _check_simulate(s: SimulateConfig, prefix: str) -> None:
@@ -413,14 +440,7 @@ def _check_simulate(s: SimulateConfig, prefix: str) -> None:
 
 def _check_crs(crs: str, key: str) -> None:
     """A CRS the simulation can build in (projected, in metres) or publish to by warping (EPSG:4326)."""
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        parsed = CRS.from_user_input(crs)
-    except CRSError:
-        raise Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
-                       "or EPSG:4326") from None
+    parsed = parse_crs(crs, key)
     metric = parsed.is_projected and all(axis.unit_name == "metre" for axis in parsed.axis_info)
     if not (metric or parsed.to_epsg() == 4326):
         raise Invalid(f"{key} = {crs!r}: must be a projected CRS in metres (e.g. EPSG:25832, EPSG:3035) "

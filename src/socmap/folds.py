@@ -120,8 +120,7 @@ def knndm_folds(site_xy: np.ndarray, site_rows: np.ndarray, prediction_xy: np.nd
     """
     sites = len(site_xy)
     if sites < folds:
-        raise SocmapError(f"{sites} sites outside test and its buffer cannot make {folds} validation folds "
-                          f"(train.num_runs, or split.folds in kfold); lower them")
+        raise ValueError(f"{sites} sites cannot make {folds} folds")
     target = cKDTree(site_xy).query(prediction_xy)[0] / 1000.0
     counts = sorted({min(sites, round(folds * CLUSTER_STEP ** i))
                      for i in range(int(math.log(max(sites / folds, 1.0), CLUSTER_STEP)) + 2)})

@@ -19,7 +19,7 @@ covariate model in digital soil mapping, adds it back:
 
 A run's validation and test rows are never among its kriging data, so its validation figures, the
 interval calibration on them and the test figures all see the kriged prediction as the map does.
-Distances are Euclidean in the projected CRS of ``x, y`` (metres), as in the split.
+Distances are Euclidean in the metric working CRS of ``x, y`` (`socmap.ground`), as in the split.
 """
 
 from __future__ import annotations
@@ -104,16 +104,6 @@ def fit_variogram(xy: np.ndarray, residuals: np.ndarray) -> Variogram:
         return flat
     # a nugget above 0 keeps the systems of revisited sites (distance 0 apart) positive definite
     return Variogram(nugget=max(float(nugget), 1e-3 * variance), sill=float(sill), range_km=float(range_km))
-
-
-def require_projected(crs: str, space: str, source: str) -> None:
-    """Kriging measures distances in metres: a grid in a geographic CRS (degrees) is an error, unless it is off."""
-    from rasterio.crs import CRS
-
-    if space != "none" and CRS.from_user_input(crs).is_geographic:
-        raise SocmapError(f"{source}: the grid CRS {crs} is geographic (degrees), but evaluate.kriging = {space} "
-                          f"needs distances in metres; give rasters in a projected CRS (e.g. EPSG:25832) or set "
-                          f"evaluate.kriging = none")
 
 
 def to_residuals(observed: np.ndarray, predicted: np.ndarray, space: str) -> np.ndarray:

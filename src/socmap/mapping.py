@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # The params that decide a map's values (with the checkpoints and the calibration). map.block_size,
 # batch_size, num_processes and launch_args only decide how fast: the same map comes out.
-VALUE_PARAMS = ("data.rasters", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
+VALUE_PARAMS = ("data.rasters", "data.grid", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
                 "data.region", "sample.window_size", "sample.time_before", "sample.context", "sample.fill",
                 "sample.min_valid_fraction", "map.years")
 

@@ -107,7 +107,7 @@ def plot_coverage_by(by: pd.DataFrame, interval: float, path: Path) -> None:
     distance = by[by["by"] == "distance"]
     for (label, group), colour in zip(distance.groupby("bin", sort=False), plt.cm.viridis(np.linspace(0, 0.9, 5))):
         ax.plot(group["nominal"], group["observed"], "o-", color=colour, ms=3,
-                label=f"{label} km from training ({group['rows'].iloc[0]} rows)")
+                label=f"{label} from training ({group['rows'].iloc[0]} rows)")
     ax.axvline(interval, color="0.7", lw=0.8)
     ax.set(xlim=(0.45, 1.0), ylim=(0.3, 1.0), xlabel="nominal coverage", ylabel="observed coverage (test rows)",
            title="Interval coverage by distance to the nearest training row")
@@ -116,8 +116,14 @@ def plot_coverage_by(by: pd.DataFrame, interval: float, path: Path) -> None:
 
 
 def plot_variograms(fields: list[ResidualField], path: Path) -> None:
-    """Each run's empirical variogram of its training residuals (points) and the fitted model (line)."""
+    """Each run's empirical variogram of its training residuals (points) and the fitted model (line); with no
+    fields (no kriging) a picture that says so, so that the plots DVC lists exist for any params."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if not fields:
+        ax.text(0.5, 0.5, "evaluate.kriging: none\nno residual variogram was fitted", ha="center", va="center")
+        ax.set_axis_off()
+        save_figure(fig, path, dpi=110)
+        return
     for run, field in enumerate(fields):
         lags, gamma, pairs = empirical_variogram(field.xy, field.residuals)
         colour = plt.cm.tab10(run % 10)

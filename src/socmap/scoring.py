@@ -1,5 +1,5 @@
 """The evaluate stage's figures: test metrics in g/kg per run, ensemble and baseline, the block bootstrap,
-the ceiling, calibrated intervals and their coverage.
+the ceiling, calibrated intervals and their coverage; and the headline of them that experiments are compared on.
 
 Only the test rows are scored, and they choose nothing: the best run is chosen by its validation r2,
 the intervals are calibrated on validation rows.
@@ -12,6 +12,10 @@ the intervals are calibrated on validation rows.
 
 Test rows lie in square blocks, and the errors of one block are correlated: the bootstrap resamples
 whole blocks (``bootstrap.unit`` says so), paired for the gains over the baselines.
+
+`score` gives every figure (details.json beside predictions.csv); `headline` the few a user compares
+between experiments (metrics.json, the columns of `dvc exp show`). Every interval is a {lo, hi}
+mapping, and the bootstrap says what it resampled (`unit`) and its `level`.
 """
 
 from __future__ import annotations
@@ -29,18 +33,12 @@ from socmap.errors import SocmapError
 from socmap.intervals import fit_calibration, prediction_interval
 from socmap.kriging import Kriging
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics, spread
+from socmap.truth import Truth
 
+BOOTSTRAP_LEVEL = 0.95  # of every bootstrap interval
 DISTANCE_BINS_KM = (0.0, 2.0, 4.0, 8.0, np.inf)  # of a test row's distance to the nearest training row
+DISTANCE_LABELS = ("0-2 km", "2-4 km", "4-8 km", "over 8 km")
 TARGET_BINS = 4  # target quartiles of the coverage table
-
-
-@dataclass(frozen=True)
-class Truth:
-    """A simulated world's noise-free truth per sample row (columns truth, truth_covariates, in sample
-    order) and its oracle figures (oracle.json; None when absent)."""
-
-    table: pd.DataFrame
-    oracle: dict | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,8 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baseli
         truth: the simulated world's truth; None: real data, no ceiling.
         kriging: what kriging added to `predictions` (`krige_runs`); None: no kriging.
     Returns:
-        (metrics summary, predictions table of the test rows, interval calibration).
+        (every figure, for details.json (`headline` picks metrics.json's), predictions table of the test rows,
+        interval calibration).
     """
     targets, roles = samples["target"].to_numpy(np.float64), design.roles
     observed, predicted, others, kappa = calibration_rows(targets, predictions, roles,
@@ -97,6 +96,32 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baseli
     curve = coverage_curve(table, calibration, ensemble=design.mode == "holdout")
     summary["coverage"] = curve.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
     return summary, table, calibration
+
+
+def headline(details: dict) -> dict:
+    """The figures experiments are compared on (metrics.json), from the stage's `details` (`score`).
+
+    The ensemble's test figures, the validation r2 of what is scored (every validation row predicted by
+    a run that did not fit it, kriged when kriging is on: choose on it, never on test) and its spread over
+    runs, the runs' test r2, the bootstrap intervals, each baseline's r2 (interval figures, if it has
+    intervals) and the ensemble's gain over it, the ensemble without kriging and the simulated world's ceiling.
+    """
+    val_r2 = np.array([run["val_r2"] for run in details["runs"].values()])
+    top = {key: details[key] for key in ("mode", "n", "interval", *REGRESSION_METRICS, "picp", "interval_width",
+                                         "interval_score")}
+    top["val_r2"] = details["val"]["r2"]
+    top["val_r2_std"] = float(np.nanstd(val_r2, ddof=1)) if val_r2.size > 1 else 0.0  # ddof 1, as runs_std
+    top["runs_r2"] = {"mean": details["runs_mean"]["r2"], "std": details["runs_std"]["r2"]}
+    if "unkriged" in details["kriging"]:
+        top["unkriged"] = {key: details["kriging"]["unkriged"][key] for key in ("r2", "rmse")}
+    top["bootstrap"] = details["bootstrap"]
+    top["baselines"] = {name: {key: figures[key] for key in ("r2", "rmse", "r2_gain", "picp", "interval_score")
+                               if key in figures}
+                        for name, figures in details["baselines"].items()}
+    if "truth" in details["ceiling"]:
+        top["ceiling"] = {"truth_r2": details["ceiling"]["truth"]["r2"],
+                          "truth_covariates_r2": details["ceiling"]["truth_covariates"]["r2"]}
+    return top
 
 
 def test_table(samples: pd.DataFrame, predictions: np.ndarray, design: Design, calibration: dict,
@@ -175,11 +200,11 @@ def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.nda
 
 
 def bootstrap(table: pd.DataFrame, predicted: np.ndarray, cfg: EvaluateConfig, others: list[str]) -> dict:
-    """95 % percentile intervals ({lo, hi}) of r2 and rmse, resampling whole test blocks, whose errors are
+    """`BOOTSTRAP_LEVEL` percentile intervals ({lo, hi}) of r2 and rmse, resampling whole test blocks, whose errors are
     correlated; with `others` (columns of `table`), also the interval of the r2 gain over each,
     r2(predicted) − r2(other) on the same resamples (paired): above 0 means ahead beyond the test noise."""
     if cfg.bootstrap == 0:
-        return {"resamples": 0}
+        return {"unit": "block", "resamples": 0}
     observed = table["observed"].to_numpy()
     blocks, block_of_row = np.unique(table["block"].to_numpy(), return_inverse=True)
     rng = np.random.default_rng(cfg.seed)
@@ -192,16 +217,17 @@ def bootstrap(table: pd.DataFrame, predicted: np.ndarray, cfg: EvaluateConfig, o
         rmse.append(figures["rmse"])
         for name in others:
             gain[name].append(figures["r2"] - r2_score(observed[rows], table[name].to_numpy()[rows]))
-    result = {"r2": interval(r2), "rmse": interval(rmse), "resamples": cfg.bootstrap, "unit": "block",
-              "units": int(blocks.size)}
+    result = {"unit": "block", "units": int(blocks.size), "resamples": cfg.bootstrap, "level": BOOTSTRAP_LEVEL,
+              "r2": percentile_interval(r2), "rmse": percentile_interval(rmse)}
     if others:
-        result["r2_gain"] = {name: interval(values) for name, values in gain.items()}
+        result["r2_gain"] = {name: percentile_interval(values) for name, values in gain.items()}
     return result
 
 
-def interval(values: list[float]) -> dict:
-    """The 95 % percentile interval of resampled values, as a mapping (DVC shows mappings, not lists)."""
-    lo, hi = np.nanpercentile(values, [2.5, 97.5])
+def percentile_interval(values: list[float]) -> dict:
+    """The central `BOOTSTRAP_LEVEL` percentile interval of resampled values, as {lo, hi} (NaN draws left out)."""
+    tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
     return {"lo": float(lo), "hi": float(hi)}
 
 
@@ -228,7 +254,7 @@ def baseline_summary(observed: np.ndarray, pooled: pd.Series, targets: np.ndarra
 def ceiling(table: pd.DataFrame, truth: Truth | None) -> dict:
     """The truth's figures on the test rows (with and without the residual no covariate explains)."""
     if truth is None:
-        return {"skipped": "no truth.parquet beside data.points.path: real data have no ceiling"}
+        return {"skipped": f"{paths.TRUTH} has no rows: real data have no ceiling"}
     oracle = truth.oracle or {}
     return {
         "truth": regression_metrics(table["observed"], table["truth"]),
@@ -269,14 +295,22 @@ def coverage_curve(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd
 def coverage_by(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.DataFrame:
     """Observed coverage at every calibrated level by distance to the nearest training row (km bins) and
     by target quartile: columns by (distance or target), bin, rows, nominal, observed."""
-    groups = {"distance": pd.cut(table["distance_km"], DISTANCE_BINS_KM, right=False).astype(str),
-              "target": pd.qcut(table["observed"], TARGET_BINS, duplicates="drop").astype(str)}
+    groups = {"distance": pd.cut(table["distance_km"], DISTANCE_BINS_KM, right=False, labels=DISTANCE_LABELS),
+              "target": pd.qcut(table["observed"], TARGET_BINS, duplicates="drop")}
     out = []
     for by, labels in groups.items():
-        for label, group in table.groupby(labels, sort=False):
+        for label, group in table.groupby(labels, observed=True, sort=True):  # bins in order, empty ones left out
             curve = coverage_curve(group, calibration, ensemble)
-            out.append(curve.assign(by=by, bin=label, rows=len(group))[["by", "bin", "rows", "nominal", "observed"]])
+            out.append(curve.assign(by=by, bin=str(label), rows=len(group))[["by", "bin", "rows", "nominal",
+                                                                               "observed"]])
     return pd.concat(out, ignore_index=True)
+
+
+def coverage_by_distance(by: pd.DataFrame) -> pd.DataFrame:
+    """`coverage_by`'s distance rows as one column per distance bin (NaN for a bin without test rows) beside
+    the nominal level: what dvc plots draws."""
+    distance = by[by["by"] == "distance"].pivot(index="nominal", columns="bin", values="observed")
+    return distance.reindex(columns=list(DISTANCE_LABELS)).reset_index()
 
 
 def error_by_year(table: pd.DataFrame) -> pd.DataFrame:

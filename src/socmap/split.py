@@ -4,7 +4,7 @@ Every row gets one of five roles in every run: ``train``, ``stop`` (the rows tha
 best epoch and the forests' leaf size), ``val`` (validation: the run's honest figures, the interval
 calibration and the residuals that are kriged), ``test`` or ``buffer`` (used by no model). Sites
 (``site_id``: LUCAS revisits, repeated state-survey points) are atomic: all rows of a site share a
-role. Distances are Euclidean in the metric CRS of ``x, y`` (metres).
+role. Distances are Euclidean in the metric working CRS of ``x, y`` (metres, `socmap.ground`).
 
 - **Test**: square blocks (``socmap.folds``); **buffer**: every site outside test with a row within
   ``split.distance_threshold`` km of a test row.
@@ -25,6 +25,7 @@ choice), the per-run detail and a picture of the distances.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +104,36 @@ class Sites:
         """Sites outside `source` with a row within `threshold_m` of a source row."""
         return near_sites(self.xy, self.row_site, source, threshold_m)
 
-    def validation_folds(self, pool: np.ndarray, folds: int, cfg: SplitConfig,
+    def validation_folds(self, test: np.ndarray, folds: int, cfg: SplitConfig,
                          rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-        """Fold of every `pool` site (−1 elsewhere) by kNNDM, and the choice made."""
+        """Fold of every site outside `test` and its buffer (−1 elsewhere) by kNNDM, and the choice made."""
+        pool = ~test & ~self.near(test, cfg.distance_threshold * 1000.0)
         if not pool.any():
-            raise SocmapError(f"split.distance_threshold = {cfg.distance_threshold:g} km: every site outside test "
-                              "lies within it of a test row; lower split.distance_threshold")
+            raise SocmapError(no_training_rows(self.xy, test[self.row_site], cfg))
+        if pool.sum() < folds:
+            key = "split.folds" if cfg.mode == "kfold" else "train.num_runs"
+            why = f"split.folds = {folds}" if cfg.mode == "kfold" else "one per run of train.num_runs, two for one run"
+            fewer = f"{key}, " if folds > 2 else ""
+            raise SocmapError(f"split: only {int(pool.sum())} of {len(pool)} sites lie outside the test set and its "
+                              f"buffer, too few for {folds} validation folds ({why}); lower {fewer}split.test_ratio "
+                              f"or split.distance_threshold")
         fold = np.full(len(pool), -1)
         fold[pool], report = knndm_folds(self.site_xy[pool], self.site_rows[pool], self.prediction_xy, folds,
                                          cfg.distance_threshold * 1000.0, rng)
         return fold, report
+
+
+def no_training_rows(xy: np.ndarray, test_rows: np.ndarray, cfg: SplitConfig) -> str:
+    """Why no row is left for training, and the one change that surely leaves some: the message when
+    the test set and its buffer take every row."""
+    if test_rows.all():
+        return (f"split.test_ratio = {cfg.test_ratio:g}: the test set takes all {len(xy)} rows (it takes whole "
+                "sites), none is left for training")
+    farthest_m = float(cKDTree(xy[test_rows]).query(xy[~test_rows])[0].max())
+    below_km = math.floor(farthest_m * 1000) / 1e6 or farthest_m / 1000  # rounded down to the millimetre
+    return (f"split.distance_threshold = {cfg.distance_threshold:g} km: the buffer around the test set leaves no "
+            f"rows for training (each of the {int((~test_rows).sum())} other rows lies that close to a test row); "
+            f"a threshold below {below_km} km keeps the row farthest from the test set")
 
 
 def run_roles(sites: Sites, test: np.ndarray, val: np.ndarray, cfg: SplitConfig,
@@ -138,19 +159,17 @@ def assign_roles(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int,
     run) and the kNNDM choice of each run's validation folds."""
     sites = Sites(samples, prediction_xy)
     tests, block = tested_sites(sites.site_xy, sites.site_rows, cfg, num_runs)
-    threshold_m = cfg.distance_threshold * 1000.0
     folds, reports = {}, {}
     if cfg.mode == "holdout":  # one cut of the rows outside test serves every run
-        pool = ~tests[0] & ~sites.near(tests[0], threshold_m)
         # one fold per run (two for a single run, which then validates on half the rows)
-        fold, reports["all"] = sites.validation_folds(pool, max(2, num_runs), cfg, np.random.default_rng([cfg.seed, 2]))
+        fold, reports["all"] = sites.validation_folds(tests[0], max(2, num_runs), cfg,
+                                                      np.random.default_rng([cfg.seed, 2]))
         folds = {run: fold == run for run in range(num_runs)}
     frames = []
     for run in tqdm(range(len(tests)), desc="split runs", disable=None):
         test = tests[run]
         if cfg.mode == "kfold":
-            pool = ~test & ~sites.near(test, threshold_m)
-            fold, reports[str(run)] = sites.validation_folds(pool, cfg.folds, cfg,
+            fold, reports[str(run)] = sites.validation_folds(test, cfg.folds, cfg,
                                                              np.random.default_rng([cfg.seed + run, 2]))
             folds[run] = fold == 0
         roles = run_roles(sites, test, folds[run], cfg, np.random.default_rng([cfg.seed + run, 1]))[sites.row_site]
@@ -212,6 +231,18 @@ def split_metrics(samples: pd.DataFrame, split: pd.DataFrame, prediction_xy: np.
     return metrics, {"runs": detail, "knndm": knndm}, {kind: d / 1000.0 for kind, d in pooled.items()}
 
 
+def distance_ecdf(distances: dict[str, np.ndarray], steps: int = 100) -> pd.DataFrame:
+    """The share of each kind's distances (km) at most `km`, on `steps` + 1 even steps from 0 to the
+    largest: the table behind the distances picture, one column per kind, for `dvc plots`."""
+    largest = max((float(d.max()) for d in distances.values() if d.size), default=0.0)
+    km = np.linspace(0.0, largest, steps + 1)
+    table = {"km": km.round(4)}
+    for kind, d in distances.items():
+        d = np.sort(d)
+        table[kind] = (np.searchsorted(d, km, side="right") / d.size).round(4) if d.size else np.nan
+    return pd.DataFrame(table)
+
+
 def main(params) -> None:
     """Read the sample table and the prediction points; write data/splits/ and metrics/split.json."""
     from socmap.plots import plot_distances
@@ -224,6 +255,8 @@ def main(params) -> None:
         split.to_parquet(tmp, index=False)
     write_json(paths.SPLIT_DETAIL, detail)
     write_json(paths.SPLIT_METRICS, metrics)
+    with atomic_path(paths.SPLIT_PLOTS / "distances.csv") as tmp:
+        distance_ecdf(distances).to_csv(tmp, index=False)
     plot_distances(distances, paths.SPLIT_PLOTS / "distances.png")
     d = metrics["distance_to_train_km"]
     log.info("split (%s): %d rows; per run %s; median km to training: val %.2f, test %.2f, map pixels %.2f",

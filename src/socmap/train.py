@@ -3,9 +3,12 @@
 holdout: runs 0..train.num_runs-1; kfold: one model per fold of the split. Each run trains as
 `socmap.training` describes; models/run_{k}.pt holds a copy of its best epoch's weights with what a
 predictor needs (the model spec, the feature and target statistics of its training rows), and
-models/best.pt the best run's. Resume states go to resume/train/run_{k}.pt while training runs; the
-folder is emptied once training completes. Under `accelerate launch` (train.num_processes > 1) only
-the main process logs and writes.
+models/best.pt the best run's; plots/train/curves.csv holds every run's epochs, one row each. Resume
+states go to resume/train/run_{k}.pt while training runs, outside the stage's DVC outputs (an output
+DVC must keep between runs, `persist`, would turn its run-cache off); they are deleted once training
+completes. Under `accelerate launch` (train.num_processes > 1) only the main process logs and writes.
+With train.monitor, dvclive also records the machine (CPU, memory, disk, GPU) and writes an HTML
+report into monitor/train/, which neither git nor DVC tracks.
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ log = logging.getLogger(__name__)
 
 RUN_ROLES = ("train", "stop", "val")  # the roles of split.parquet a run trains, stops and validates on
 
-# The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others, so
-# that its bytes change only with what reruns the stage, and a fresh clone's `dvc repro` gives the same.
+# The params the train stage declares in dvc.yaml (tested): a checkpoint records these and no others (but
+# WATCH_PARAMS), so that its bytes change only with what reruns the stage, and a fresh clone's `dvc repro`
+# gives the same.
 STAGE_PARAMS = ("data.bands", "sample.window_size", "sample.time_before", "sample.context", "train")
+# Keys of train.* that only watch a training: declared, so that setting one reruns the stage, but recorded
+# nowhere, so that the outputs come out byte for byte as without them.
+WATCH_PARAMS = ("train.monitor",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,16 @@ def read_inputs(patches_path: Path = paths.PATCHES, samples_path: Path = paths.S
     if not np.all(np.isfinite(samples["target"])):
         raise SocmapError(f"{samples_path}: column target has missing or infinite values; rerun `socmap sample`")
     return TrainInputs(patches, samples, split)
+
+
+def recorded_params(params: Params) -> dict:
+    """The params at STAGE_PARAMS but WATCH_PARAMS, nested as in params.yaml: what a checkpoint records and
+    a resume state's fingerprint hashes."""
+    recorded = params_subset(params, STAGE_PARAMS)
+    for key in WATCH_PARAMS:
+        section, name = key.split(".")
+        del recorded[section][name]
+    return recorded
 
 
 def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: Path = paths.SPLIT
@@ -125,6 +142,9 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
     spec = ModelSpec.from_params(cfg, channels, params.sample.window_size, params.sample.time_before)
     targets = samples["target"].to_numpy(dtype=np.float64)
     live = Live(dir=str(root / paths.TRAIN_METRICS), dvcyaml=False, save_dvc_exp=False) if accelerator.is_main_process else None
+    watch = None
+    if cfg.monitor and accelerator.is_main_process:
+        watch, callback = monitor(root / paths.TRAIN_MONITOR, callback)
     best: dict[int, dict] = {}
     runs = split_runs(split, params)
     for run in runs:
@@ -137,32 +157,73 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
         if accelerator.is_main_process:
             save_checkpoint(root / paths.MODELS / f"run_{run}.pt", {
                 "model": spec.to_dict(), "state_dict": best[run]["state_dict"], "features": data.features.to_dict(),
-                "target": data.target.to_dict(), "params": params_subset(params, STAGE_PARAMS), "run": run,
+                "target": data.target.to_dict(), "params": recorded_params(params), "run": run,
                 "epoch": best[run]["epoch"], "stop_metrics": best[run]["stop_metrics"],
                 "val_metrics": best[run]["val_metrics"]})
     summary = summarise(best)
     if accelerator.is_main_process:
-        finish(summary, runs, root, live)
+        finish(summary, best, root, live)
+    if watch is not None:
+        watch.end()
     accelerator.wait_for_everyone()
     log.info("train: val r2 %.3f ± %.3f, rmse %.2f g/kg over %d runs; best run %d", summary["val_r2_mean"],
              summary["val_r2_std"], summary["val_rmse_mean"], len(runs), summary["best_run"])
     return summary
 
 
-def finish(summary: dict, runs: list[int], root: Path, live: Live) -> None:
-    """Main process, all runs trained: models/best.pt, metrics.json, and no state left to resume."""
+def finish(summary: dict, best: dict[int, dict], root: Path, live: Live) -> None:
+    """Main process, all runs trained: models/best.pt, metrics.json, curves.csv, and no state left to resume."""
     models, resume = root / paths.MODELS, root / paths.RESUME
     with atomic_path(models / "best.pt") as tmp:
         shutil.copyfile(models / f"run_{summary['best_run']}.pt", tmp)
     for path in models.glob("run_*.pt"):  # from an earlier train with other runs
-        if re.fullmatch(r"run_\d+", path.stem) and int(path.stem[4:]) not in runs:
+        if re.fullmatch(r"run_\d+", path.stem) and int(path.stem[4:]) not in best:
             path.unlink()
     live.summary = summary
     live.make_summary()
     live.end()
+    with atomic_path(root / paths.TRAIN_CURVES) as tmp:
+        curves(best).to_csv(tmp, index=False)
     for state in resume.glob("run_*.pt"):
         state.unlink()
-    resume.mkdir(parents=True, exist_ok=True)  # the folder stays: dvc.yaml declares it (persist: true)
+
+
+def curves(best: dict[int, dict]) -> pd.DataFrame:
+    """Every run's epochs, one row each (run, epoch, the logged figures): one file for any number of runs,
+    which the training-curves plot of dvc.yaml draws a line per run from."""
+    return pd.DataFrame([{"run": run, **record} for run, b in best.items() for record in b["history"]])
+
+
+def monitor(folder: Path, callback: EpochCallback | None) -> tuple[Live, EpochCallback]:
+    """train.monitor: a dvclive log of the machine (CPU, memory, disk, GPU) and of every epoch in `folder`,
+    with an HTML report rewritten each epoch; and the epoch callback that feeds it, then `callback`."""
+    import dvclive.monitor_system
+
+    # dvclive asks NVML whenever pynvml imports; with no NVIDIA driver every sample fails, CPU and memory too
+    dvclive.monitor_system.GPU_AVAILABLE = dvclive.monitor_system.GPU_AVAILABLE and nvml_answers()
+    watch = Live(dir=str(folder), monitor_system=True, report="html", dvcyaml=False, save_dvc_exp=False)
+
+    def logged(run: int, record: dict) -> None:
+        for key, value in record.items():
+            if key != "epoch":
+                watch.log_metric(f"run{run}/{key}", float(value))
+        watch.next_step()  # one step per epoch of the whole training; writes the summary and the report
+        if callback is not None:
+            callback(run, record)
+
+    return watch, logged
+
+
+def nvml_answers() -> bool:
+    """Whether NVIDIA's management library is there to report on GPUs."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
 
 
 def main(params: Params) -> None:
@@ -177,4 +238,4 @@ def main(params: Params) -> None:
     if not accelerator.is_main_process:
         logging.getLogger("socmap").setLevel(logging.WARNING)  # one line per epoch, not one per process
     train_all(inputs, params, accelerator,
-              inputs_fingerprint=fingerprint(params, STAGE_PARAMS, [paths.PATCHES, paths.SAMPLES, paths.SPLIT]))
+              inputs_fingerprint=fingerprint(recorded_params(params), [paths.PATCHES, paths.SAMPLES, paths.SPLIT]))

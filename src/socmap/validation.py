@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import string
 import types
 import typing
 from typing import Any, Literal
@@ -99,3 +101,36 @@ def scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
         if meta.get("odd") and value % 2 == 0 and value != meta.get("off"):
             raise Invalid(f"{key} = {value!r}: must be odd, so that the window has a centre pixel")
     return value
+
+
+def check_pattern(pattern: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    """A path pattern with `required` placeholders and no others than `allowed` (``{band}/{year}.tif``)."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    except ValueError as exc:
+        raise Invalid(f"{key} = {pattern!r}: not a path pattern ({exc})") from None
+    valid = " and ".join(f"{{{name}}}" for name in allowed)
+    unknown = sorted(names - set(allowed))
+    if unknown:
+        raise Invalid(f"{key} = {pattern!r}: unknown placeholder {{{unknown[0]}}}; use {valid}")
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise Invalid(f"{key} = {pattern!r}: must contain {{{missing[0]}}}")
+
+
+def inside(path: str, folder: str | os.PathLike) -> bool:
+    """Whether `path` lies inside `folder`, both taken from the working directory (links not followed)."""
+    target, top = os.path.abspath(path), os.path.abspath(folder)
+    return target != top and os.path.commonpath([target, top]) == top
+
+
+def parse_crs(crs: str, key: str):
+    """The pyproj CRS a params value names, or `Invalid` naming the key."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError:
+        raise Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
+                      "or EPSG:4326") from None
