@@ -325,7 +325,8 @@ def test_earth_engine_exports_run_to_the_end_with_only_data_changed(exports):
             np.testing.assert_allclose(offset, np.round(offset), atol=1e-6, err_msg=name)
             assert (soc.read(1) > 0).mean() > 0.5, name
         metrics = json.loads((exports / "metrics/evaluate/metrics.json").read_text())
-        assert metrics["kriging"]["space"] == "log" and len(metrics["kriging"]["variograms"]) == 2, name
+        details = json.loads((exports / "plots/evaluate/details.json").read_text())
+        assert details["kriging"]["space"] == "log" and len(details["kriging"]["variograms"]) == 2, name
         assert -1 < metrics["r2"] <= 1, name
         assert json.loads((exports / "metrics/split.json").read_text())["min_distance_km"] > 1.2, name
         rows = pd.read_parquet(exports / "data/processed/samples.parquet")["row_id"].to_numpy()

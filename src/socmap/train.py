@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def train_all(inputs: TrainInputs, params: Params, accelerator: Accelerator, roo
     if accelerator.is_main_process:
         finish(summary, best, root, live)
     if watch is not None:
-        watch.end()
+        end_monitor(watch)
     accelerator.wait_for_everyone()
     log.info("train: val r2 %.3f ± %.3f, rmse %.2f g/kg over %d runs; best run %d", summary["val_r2_mean"],
              summary["val_r2_std"], summary["val_rmse_mean"], len(runs), summary["best_run"])
@@ -201,7 +202,8 @@ def monitor(folder: Path, callback: EpochCallback | None) -> tuple[Live, EpochCa
 
     # dvclive asks NVML whenever pynvml imports; with no NVIDIA driver every sample fails, CPU and memory too
     dvclive.monitor_system.GPU_AVAILABLE = dvclive.monitor_system.GPU_AVAILABLE and nvml_answers()
-    watch = Live(dir=str(folder), monitor_system=True, report="html", dvcyaml=False, save_dvc_exp=False)
+    watch = Live(dir=str(folder), report="html", dvcyaml=False, save_dvc_exp=False)
+    watch.monitor_system(interval=0.05, num_samples=10)  # the machine's mean every half second
 
     def logged(run: int, record: dict) -> None:
         for key, value in record.items():
@@ -212,6 +214,15 @@ def monitor(folder: Path, callback: EpochCallback | None) -> tuple[Live, EpochCa
             callback(run, record)
 
     return watch, logged
+
+
+def end_monitor(watch: Live, wait_s: float = 5.0) -> None:
+    """Close the monitor's log, waiting up to `wait_s` for its first sample of the machine when the training
+    was shorter than one sampling period, so that every report shows the machine."""
+    deadline = time.monotonic() + wait_s
+    while "system" not in watch.summary and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watch.end()
 
 
 def nvml_answers() -> bool:
