@@ -54,6 +54,21 @@ def tiny_world(tmp_path_factory) -> Path:
     return world
 
 
+@pytest.fixture(scope="session")
+def knob_world(tmp_path_factory):
+    """knob_world(**simulate_keys): the tiny world with those keys set, written once per session."""
+    root, worlds = tmp_path_factory.mktemp("knobs"), {}
+
+    def make(**knobs) -> Path:
+        key = tuple(sorted(knobs.items()))
+        if key not in worlds:
+            worlds[key] = root / f"world{len(worlds)}"
+            simulate(tiny_params(worlds[key], **{f"simulate.{k}": v for k, v in knobs.items()}).simulate, worlds[key])
+        return worlds[key]
+
+    return make
+
+
 @pytest.fixture
 def tiny(tiny_world) -> Params:
     """Params for the tiny world."""

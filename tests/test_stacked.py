@@ -13,6 +13,7 @@ from socmap.errors import SocmapError
 from socmap.models import ModelSpec
 from socmap.predict import Predictor
 from socmap.stacked import StackedEnsemble
+from socmap.transforms import GROUPS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,9 +22,10 @@ TARGETS = ({"kind": "normalize", "mean": 25.0, "std": 10.0}, {"kind": "log", "me
            {"kind": "none", "mean": 0.0, "std": 1.0})
 
 
-def members(name: str, window_size: int, tta: int, count: int = 3, hidden_size: int = 16) -> list[Predictor]:
+def members(name: str, window_size: int, augment: str, count: int = 3, hidden_size: int = 16) -> list[Predictor]:
     """`count` members of one architecture with their own random weights, normalisation and target transform."""
-    spec = ModelSpec(name, BANDS, window_size, hidden_size, 2, 0.25, tuple(f"b{i}" for i in range(BANDS)), YEARS, tta)
+    spec = ModelSpec(name, BANDS, window_size, hidden_size, 2, 0.25, tuple(f"b{i}" for i in range(BANDS)), YEARS,
+                     GROUPS[augment])
     out = []
     for run in range(count):
         torch.manual_seed(run)
@@ -47,18 +49,20 @@ def patches(window_size: int, rows: int = 300) -> torch.Tensor:
                            dtype=torch.float32)
 
 
-@pytest.mark.parametrize("name, window_size, tta", [
-    ("refitted_cov_lstm", 5, 4),  # the default: the second convolution as a dense matrix
-    ("refitted_cov_lstm", 7, 8),  # a 3×3 input of the second convolution: still dense
-    ("refitted_cov_lstm", 9, 2),  # a 4×4 input: both convolutions grouped
-    ("refitted_cov_lstm", 5, 1),
-    ("cnn", 5, 4),
-    ("cnn", 11, 4),
-    ("lstm", 5, 4),  # one view: the centre pixel does not move
-    ("lstm", 3, 8),
+@pytest.mark.parametrize("name, window_size, augment", [
+    ("refitted_cov_lstm", 5, "turns"),  # the default: the second convolution as a dense matrix
+    ("refitted_cov_lstm", 7, "dihedral"),  # a 3×3 input of the second convolution: still dense
+    ("refitted_cov_lstm", 9, "mirror"),  # a 4×4 input: both convolutions grouped
+    ("refitted_cov_lstm", 5, "none"),
+    ("cnn", 5, "turns"),
+    ("cnn", 11, "dihedral"),
+    ("lstm", 5, "turns"),  # one view: the centre pixel does not move
+    ("lstm", 3, "dihedral"),
+    ("attention", 5, "dihedral"),  # the transformer one member after the other
+    ("attention", 7, "none"),
 ])
-def test_batched_forward_gives_each_members_own_predictions(name, window_size, tta):
-    ensemble = members(name, window_size, tta)
+def test_batched_forward_gives_each_members_own_predictions(name, window_size, augment):
+    ensemble = members(name, window_size, augment)
     x = patches(window_size)  # more pixels than one chunk of the batched forward
     expected = torch.stack([member.predict_tensor(x) for member in ensemble])  # [M, B]
     got = StackedEnsemble(ensemble).predict_tensor(x)
@@ -70,7 +74,7 @@ def test_batched_forward_gives_each_members_own_predictions(name, window_size, t
 
 
 def test_batched_forward_follows_the_views_and_the_members_order():
-    ensemble = members("refitted_cov_lstm", 5, 4)
+    ensemble = members("refitted_cov_lstm", 5, "turns")
     x = patches(5, rows=20)
     stacked = StackedEnsemble(ensemble)
     turned = torch.rot90(x, 1, dims=(2, 3))  # a quarter turn of every window: the same 4 views
@@ -80,7 +84,7 @@ def test_batched_forward_follows_the_views_and_the_members_order():
 
 
 def test_chunks_on_several_threads_give_the_same_bits_as_on_one():
-    stacked = StackedEnsemble(members("refitted_cov_lstm", 5, 4))
+    stacked = StackedEnsemble(members("refitted_cov_lstm", 5, "turns"))
     x = patches(5)
     one = stacked.predict_tensor(x)  # one_thread: the chunks one after the other
     torch.set_num_threads(2)
@@ -88,10 +92,10 @@ def test_chunks_on_several_threads_give_the_same_bits_as_on_one():
 
 
 def test_members_of_another_architecture_or_patches_of_another_shape_are_refused():
-    ensemble = members("refitted_cov_lstm", 5, 4, count=2)
-    other = members("refitted_cov_lstm", 5, 2, count=1)[0]
-    with pytest.raises(SocmapError, match=r"models/run_0.pt: trained as .*tta=2.*, but models/run_0.pt as .*tta=4"):
+    ensemble = members("refitted_cov_lstm", 5, "turns", count=2)
+    other = members("refitted_cov_lstm", 5, "mirror", count=1)[0]
+    with pytest.raises(SocmapError, match=r"models/run_0.pt: trained as .*views=\(0, 4\).*, but models/run_0.pt as .*views=\(0, 1, 2, 3\)"):
         StackedEnsemble([ensemble[0], other])
     with pytest.raises(SocmapError, match=r"run_0.pt: patches of shape \(4, 5, 5, 4\) .* trained on \(4, 5, 5, 3\)"):
         StackedEnsemble(ensemble).predict_tensor(torch.zeros(2, BANDS, 5, 5, YEARS + 1))
-    assert dataclasses.replace(ensemble[0].spec, tta=2) == other.spec
+    assert dataclasses.replace(ensemble[0].spec, views=(0, 4)) == other.spec

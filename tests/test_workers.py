@@ -22,9 +22,9 @@ def test_runs_in_worker_processes_give_the_same_models_and_logs(project, trained
         ours, theirs = (load_checkpoint(root / f"models/run_{run}.pt") for root in (tmp_path, sequential))
         assert ours["state_dict"].keys() == theirs["state_dict"].keys()
         assert all(torch.equal(ours["state_dict"][k], theirs["state_dict"][k]) for k in ours["state_dict"])
-        logged = [pd.read_csv(root / f"metrics/train/plots/metrics/run{run}/val_r2.tsv", sep="\t")
+        logged = [pd.read_csv(root / f"metrics/train/plots/metrics/run{run}/stop_r2.tsv", sep="\t")
                   for root in (tmp_path, sequential)]
-        pd.testing.assert_frame_equal(logged[0][["step", "val_r2"]], logged[1][["step", "val_r2"]])
+        pd.testing.assert_frame_equal(logged[0][["step", "stop_r2"]], logged[1][["step", "stop_r2"]])
         assert len(logged[0]) == 8  # every epoch
     assert not list((tmp_path / "resume/train").iterdir())  # the workers' resume states are gone
 

@@ -22,6 +22,7 @@ STAGES = {
     "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
     "train": ("socmap.train", "train one model per split run into models/"),
     "evaluate": ("socmap.evaluate", "test metrics, baselines and intervals into metrics/evaluate/"),
+    "bundle": ("socmap.bundle", "the ensemble the map needs, one folder: data/ensemble/ (the model artifact)"),
     "map": ("socmap.mapping", "SOC maps as Cloud-Optimized GeoTIFFs into data/maps/"),
 }
 

@@ -51,12 +51,13 @@ class Ensemble:
         return len(self.members)
 
     def check(self, bands: Sequence[str], window_size: int, time_before: int) -> None:
-        """The members must have been trained on the bands, window and years that params.yaml names."""
+        """The members must have been trained on the channels (`socmap.patches.channel_names`), window and
+        years that params.yaml names."""
         expected = (list(bands), window_size, time_before)
         for member in self.members:
             found = (list(member.spec.band_names), member.spec.window_size, member.spec.time_before)
             if found != expected:
-                raise SocmapError(f"{member.source}: trained on bands {found[0]}, sample.window_size = {found[1]}, "
+                raise SocmapError(f"{member.source}: trained on channels {found[0]}, sample.window_size = {found[1]}, "
                                   f"sample.time_before = {found[2]}, but params.yaml has {expected[0]}, "
                                   f"{expected[1]}, {expected[2]}; rerun `socmap sample`, `split` and `train`")
 
@@ -77,11 +78,14 @@ class Ensemble:
         xy = np.stack([x[predicted_any], y[predicted_any]], axis=1)
         variance = np.ones(x.shape)
         variance[predicted_any] = 0.0
+        kriged: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a field several members share is kriged once
         for member, field in enumerate(self.fields):
-            kriged, member_variance = field.krige(xy)
+            if id(field) not in kriged:
+                kriged[id(field)] = field.krige(xy)
+            residual, member_variance = kriged[id(field)]
             variance[predicted_any] += member_variance / len(self.fields)
             for values in predicted.values():
-                values[member, predicted_any] = field.correct(values[member, predicted_any], kriged,
+                values[member, predicted_any] = field.correct(values[member, predicted_any], residual,
                                                               member_variance)
         return variance
 

@@ -17,6 +17,7 @@ from socmap.blocks import MapPlan, map_blocks
 from socmap.cog import band_descriptions, write_maps
 from socmap.config import Params
 from socmap.ensemble import Ensemble
+from socmap.patches import channel_names
 from socmap.launch import distributed
 from socmap.provenance import map_tags
 from socmap.rasters import RasterCatalog
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # The params that decide a map's values (with the checkpoints and the calibration). map.block_size,
 # batch_size, num_processes and launch_args only decide how fast: the same map comes out.
-VALUE_PARAMS = ("data.rasters", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
-                "data.region", "sample.window_size", "sample.time_before", "sample.fill",
+VALUE_PARAMS = ("data.rasters", "data.grid", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
+                "data.region", "sample.window_size", "sample.time_before", "sample.context", "sample.fill",
                 "sample.min_valid_fraction", "map.years")
 
 
@@ -37,7 +38,8 @@ def make_maps(catalog: RasterCatalog, region: Region, ensemble: Ensemble, params
 
     Returns the paths written (on rank 0; no files and an empty list on the other ranks).
     """
-    ensemble.check(params.data.bands, params.sample.window_size, params.sample.time_before)
+    ensemble.check(channel_names(params.data.bands, params.sample.context), params.sample.window_size,
+                   params.sample.time_before)
     plan = MapPlan.build(params, catalog, region)
     results = map_blocks(catalog, region, ensemble, plan)
     if distributed()[0] != 0:

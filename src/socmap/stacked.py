@@ -2,8 +2,8 @@
 
 The members share one architecture (`socmap.models`, one `ModelSpec`) and differ in their weights,
 their feature normalisation and their target transform. `StackedEnsemble` stacks the weights along a
-leading member axis and runs the architecture once per batch: the views of `train.tta` and the
-members' normalisations are applied to the input, the convolutions run grouped by member, the dense
+leading member axis and runs the architecture once per batch: the views of the spec (train.augment's
+symmetries under train.tta) and the members' normalisations are applied to the input, the convolutions run grouped by member, the dense
 layers as batched matrix products, the LSTM once per member over all its views. The values are each
 member's own forward's (`Predictor.predict_tensor`) up to float rounding.
 
@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from socmap.errors import SocmapError
-from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN
+from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, YearAttention
 from socmap.predict import Predictor
-from socmap.transforms import VIEWS, dihedral
+from socmap.transforms import dihedral, symmetric_mean
 
 FRAMES_PER_CHUNK = 4096  # frames (members × views × pixels × years) per chunk: the activations stay in cache
 GPU_CHUNKS = 64  # a GPU takes chunks this many times larger
@@ -136,10 +136,13 @@ class StackedEnsemble:
         nets = [member.model for member in members]
         self.kind = type(nets[0])
         # the centre pixel of an odd window stays put under every symmetry: one view is all of them
-        self.views = (0,) if self.kind is CentrePixelLSTM else VIEWS[spec.tta]
+        self.views = (0,) if self.kind is CentrePixelLSTM else spec.views
         self.mean = torch.stack([m.features.mean for m in members]).to(self.device)  # [M, C, T]
         self.std = torch.stack([m.features.std for m in members]).to(self.device)
         self.targets = [member.target for member in members]
+        if self.kind is YearAttention:  # the transformer's layers as they are, one member after the other
+            self.nets = nets
+            return
         if self.kind is not CentrePixelLSTM:
             self.cnn = StackedCNN([net.cnn for net in nets], spec.window_size)
         if self.kind is not SurveyYearCNN:
@@ -185,6 +188,9 @@ class StackedEnsemble:
     def transformed(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's output in its transformed target space [M, B], the mean over the views."""
         m, b = len(self), len(x)
+        if self.kind is YearAttention:
+            normalised = (x[None] - self.mean[:, None, :, None, None]) / self.std[:, None, :, None, None]
+            return torch.stack([symmetric_mean(net, z, self.views) for net, z in zip(self.nets, normalised)])
         if self.kind is CentrePixelLSTM:
             centre = x.shape[2] // 2
             series = (x[None, :, :, centre, centre, :] - self.mean[:, None]) / self.std[:, None]  # [M, B, C, T]
