@@ -10,7 +10,7 @@ memory-mapped from a temporary .npy as the stage reads them.
 
     python benchmarks/train.py [--batches 12] [--repeats 5] [--threads N]
 
-The last line printed is one JSON object.
+The last line printed is one JSON object; `cpu` names the machine (`machine.cpu_note`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import torch
 from socmap import training
 from socmap.launch import make_accelerator
 from socmap.config import Params
-from socmap.models import ModelSpec
+from socmap.models import ModelSpec, views
+
+from machine import cpu_note
 
 
 def best_time(fn, repeats: int) -> float:
@@ -69,7 +71,7 @@ def main() -> None:
         targets = rng.lognormal(3.0, 0.6, rows)
         train_rows, val = np.arange(args.batches * cfg.batch_size), np.arange(args.batches * cfg.batch_size, rows)
         start = time.perf_counter()
-        data = training.prepare_run(patches, targets, train_rows, val, cfg)
+        data = training.prepare_run(patches, targets, {"train": train_rows, "stop": val, "val": val}, cfg)
         prepare_s = time.perf_counter() - start
 
     accelerator = make_accelerator(cfg)
@@ -78,9 +80,9 @@ def main() -> None:
     model = ModelSpec.from_params(cfg, list(params.data.bands), shape[2], shape[-1]).build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    order = training.epoch_order(data.target_train, cfg, run=0, epoch=0)
+    order = training.epoch_order(data.train.target, cfg, run=0, epoch=0)
     steps = math.ceil(len(order) / cfg.batch_size)
-    x, y, sigma = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size], data.sigma_train[:cfg.batch_size]
+    x, y, sigma = data.train.x[:cfg.batch_size], data.train.y[:cfg.batch_size], data.train.sigma[:cfg.batch_size]
 
     def fixed_batch_steps() -> None:
         model.train()
@@ -89,15 +91,17 @@ def main() -> None:
         loss.item()  # wait for the last step
 
     def real_epoch() -> None:
-        order = training.epoch_order(data.target_train, cfg, run=0, epoch=1)
+        order = training.epoch_order(data.train.target, cfg, run=0, epoch=1)
         training.train_epoch(model, optimizer, data, order, cfg, accelerator, training.augmenter(cfg, 0, 1, 0))
 
     fixed_batch_steps()  # warm-up: allocator, kernels
     epoch_s = best_time(real_epoch, args.repeats)
     fixed_s = best_time(fixed_batch_steps, args.repeats)
-    validate_s = best_time(lambda: training.validate(model, data, accelerator, cfg.tta), args.repeats)
+    validate_s = best_time(lambda: training.validate(model, data.stop, data, accelerator, views(cfg)), args.repeats)
     result = {
+        "cpu": cpu_note(),
         "device": str(accelerator.device),
+        "cuda": "ran on CUDA" if torch.cuda.is_available() else "skipped: no CUDA device on this machine",
         "threads": torch.get_num_threads(),
         "model": cfg.model,
         "augment": cfg.augment,

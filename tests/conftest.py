@@ -40,6 +40,7 @@ def tiny_params(world: Path, **overrides) -> Params:
         "train.epochs": 3,
         "train.num_runs": 2,
         "train.batch_size": 64,
+        "train.parallel_runs": 1,  # worker processes take seconds to start: more than these runs take
         "evaluate.bootstrap": 50,
         "evaluate.rf_trees": 20,
     }
@@ -52,6 +53,21 @@ def tiny_world(tmp_path_factory) -> Path:
     world = tmp_path_factory.mktemp("tiny") / "synthetic"
     simulate(tiny_params(world).simulate, world)
     return world
+
+
+@pytest.fixture(scope="session")
+def knob_world(tmp_path_factory):
+    """knob_world(**simulate_keys): the tiny world with those keys set, written once per session."""
+    root, worlds = tmp_path_factory.mktemp("knobs"), {}
+
+    def make(**knobs) -> Path:
+        key = tuple(sorted(knobs.items()))
+        if key not in worlds:
+            worlds[key] = root / f"world{len(worlds)}"
+            simulate(tiny_params(worlds[key], **{f"simulate.{k}": v for k, v in knobs.items()}).simulate, worlds[key])
+        return worlds[key]
+
+    return make
 
 
 @pytest.fixture

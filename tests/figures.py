@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-from socmap.baselines import baseline_names
+from socmap.baselines import Baselines, baseline_names
+from socmap.scoring import Design
 
 RUNS = 3
 BASELINES = baseline_names("log")
@@ -35,8 +36,9 @@ def assert_figures(stored: dict, expected: dict, skip: tuple[str, ...] = ()) -> 
         assert stored[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
 
 
-def hand_made(mode: str, rows: int = 300, seed: int = 0):
-    """Samples, roles [K, N], predictions [K, N] and baselines for a small world with revisited sites."""
+def hand_made(mode: str, rows: int = 300, seed: int = 0) -> tuple[pd.DataFrame, Design, np.ndarray, Baselines]:
+    """Samples, the split's design, predictions [K, N] and baselines for a small world with revisited sites:
+    test blocks, validation folds (holdout: every row outside test and buffer validated by one run)."""
     rng = np.random.default_rng(seed)
     site = np.repeat(np.arange(rows // 2), 2)[:rows]
     target = rng.lognormal(3.0, 0.5, rows)
@@ -44,17 +46,24 @@ def hand_made(mode: str, rows: int = 300, seed: int = 0):
                             "y": rng.uniform(0, 5e4, rows), "year": 2015 + site % 4, "target": target})
     roles = np.full((RUNS, rows), "train", dtype=object)
     if mode == "holdout":
-        roles[:, site < 20] = "test"
-        roles[:, (site >= 20) & (site < 25)] = "buffer"
+        test = site < 20
+        blocks = np.where(test, site // 4, -1)
         for k in range(RUNS):
-            roles[k, (site >= 25 + 15 * k) & (site < 40 + 15 * k)] = "val"
+            roles[k, test] = "test"
+            roles[k, (site >= 20) & (site < 25)] = "buffer"
+            roles[k, (site >= 25) & (site % RUNS == k)] = "val"
+            roles[k, (site >= 25) & (site % RUNS == (k + 1) % RUNS) & (site % 7 == 0)] = "stop"
     else:
         fold = site % RUNS
+        blocks = site // 10
         for k in range(RUNS):
             roles[k, fold == k] = "test"
-            roles[k, (fold == (k + 1) % RUNS) & (site % 5 == 0)] = "val"
+            roles[k, fold == (k + 1) % RUNS] = "val"
+            roles[k, (fold == (k + 2) % RUNS) & (site % 7 == 0)] = "stop"
     predictions = target + rng.normal(0, 0.25 * target, (RUNS, rows)) + rng.normal(0, 1.0, (RUNS, rows))
     test = roles == "test"
     baselines = {name: np.where(test, target.mean() + i * rng.normal(0, 4, (RUNS, rows)), np.nan)
                  for i, name in enumerate(BASELINES)}
-    return samples, roles.astype(str), predictions, baselines
+    centre = np.where(test, baselines["qrf"], np.nan)
+    bounds = {"qrf": (centre - 0.6 * target.mean(), centre + 0.6 * target.mean())}
+    return samples, Design(mode, roles.astype(str), blocks), predictions, Baselines(baselines, bounds, {})

@@ -13,7 +13,7 @@ from socmap.launch import make_accelerator
 
 ROWS, BANDS, WINDOW, YEARS = 600, 6, 5, 3
 FAST = {"train.epochs": 8, "train.lr": 3e-3, "train.scheduler": "none", "train.batch_size": 64,
-        "train.patience": 0, "train.num_runs": 2}
+        "train.patience": 0, "train.num_runs": 2, "train.parallel_runs": 1}
 
 
 def write_inputs(root: Path, seed: int = 0) -> None:
@@ -35,12 +35,15 @@ def write_inputs(root: Path, seed: int = 0) -> None:
                   "y": rng.uniform(0, 2e4, ROWS), "year": 2018, "target": target}
                  ).to_parquet(root / "data/processed/samples.parquet")
     test = rng.random(ROWS) < 0.1
+    fold = rng.integers(0, 3, ROWS)  # the validation folds of three runs
     frames = []
     for run in range(3):
-        val = (np.random.default_rng(run).random(ROWS) < 0.12) & ~test
-        roles = np.where(test, "test", np.where(val, "val", "train"))
-        roles[np.flatnonzero(~test & ~val)[:5]] = "buffer"
-        frames.append(pd.DataFrame({"row_id": row_id, "run": run, "role": roles}))
+        val = (fold == run) & ~test
+        stop = (np.random.default_rng(run).random(ROWS) < 0.12) & ~test & ~val
+        roles = np.where(test, "test", np.where(val, "val", np.where(stop, "stop", "train")))
+        roles[np.flatnonzero(roles == "train")[:5]] = "buffer"
+        frames.append(pd.DataFrame({"row_id": row_id, "run": run, "role": roles,
+                                    "block": np.where(test, row_id % 7, -1)}))
     pd.concat(frames).to_parquet(root / "data/splits/split.parquet")
 
 
@@ -55,9 +58,9 @@ def run_train(project: Path, out: Path, params, callback=None, fingerprint: str 
     return train.train_all(inputs, params, make_accelerator(params.train), out, fingerprint, callback)
 
 
-def val_rows(project: Path, run: int) -> tuple[np.ndarray, np.ndarray]:
-    """The validation rows of a run: patches and targets (g/kg)."""
+def val_rows(project: Path, run: int, role: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """The validation (or another role's) rows of a run: patches and targets (g/kg)."""
     patches = np.load(project / paths.PATCHES, mmap_mode="r")
     samples = pd.read_parquet(project / paths.SAMPLES)
-    _, val = train.run_rows(samples, pd.read_parquet(project / paths.SPLIT), run)
-    return patches[val], samples["target"].to_numpy()[val]
+    rows = train.run_rows(samples, pd.read_parquet(project / paths.SPLIT), run)[role]
+    return patches[rows], samples["target"].to_numpy()[rows]

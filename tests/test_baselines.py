@@ -43,16 +43,21 @@ def test_forests_fit_training_rows_and_predict_only_test_rows():
     patches = rng.normal(size=(n, 2, 3, 3, years)).astype(np.float32)
     # the target lives in the history (the first year's window mean), which the survey-year centre misses
     target = 20.0 + 15.0 * patches[:, 1, :, :, 0].mean(axis=(1, 2)) + rng.normal(0, 0.3, n)
-    roles = np.where(np.arange(n) < 400, "train", np.where(np.arange(n) < 480, "val", "test"))
+    roles = np.where(np.arange(n) < 400, "train", np.where(np.arange(n) < 480, "stop", "test"))
     roles = np.stack([roles, roles])
     roles[1, :40] = "buffer"
     xy = np.random.default_rng(1).uniform(0, 1e5, (n, 2))
     cfg = EvaluateConfig(rf_trees=30, rf_min_samples_leaf=(1, 5, 20), seed=0, kriging="none")
-    predictions, chosen = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
-    assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features"]
+    fitted = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
+    predictions, chosen = fitted.predictions, fitted.chosen
+    assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features", "qrf"]
     test = roles[0] == "test"
     for name, values in predictions.items():
         assert values.shape == (2, n) and np.isnan(values[:, ~test]).all() and np.isfinite(values[:, test]).all()
+    lower, upper = fitted.bounds["qrf"]
+    assert (lower[:, test] < predictions["qrf"][:, test]).mean() > 0.95 and (upper[:, test] > lower[:, test]).all()
+    inside = (target[test] >= lower[0, test]) & (target[test] <= upper[0, test])
+    assert 0.8 < inside.mean() <= 1.0  # its own nominal 0.9 interval, roughly
     assert np.allclose(predictions["training_mean"][0, test], target[:400].mean())
     assert np.allclose(predictions["training_mean"][1, test], target[40:400].mean())
     rich = r2_score(target[test], predictions["rf_features"][0, test])
@@ -92,13 +97,31 @@ def test_kriged_forests_add_back_the_spatial_error_from_out_of_bag_residuals():
     patches = rng.normal(size=(n, 2, 3, 3, 2)).astype(np.float32)
     spatial = 8.0 * np.sin(xy[:, 0] / 15_000) * np.cos(xy[:, 1] / 15_000)
     target = 30.0 + 6.0 * patches[:, 0, 1, 1, -1] + spatial + rng.normal(0, 1.0, n)
-    roles = np.where(np.arange(n) < 900, "train", np.where(np.arange(n) < 1000, "val", "test"))[None]
+    roles = np.where(np.arange(n) < 900, "train", np.where(np.arange(n) < 1000, "stop", "test"))[None]
     cfg = EvaluateConfig(rf_trees=60, rf_min_samples_leaf=(5,), seed=0, kriging="linear", kriging_neighbours=16)
-    predictions, _ = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
+    predictions = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy).predictions
     assert list(predictions) == ["training_mean", "rf_survey_year", "rf_features", "rf_survey_year_kriged",
-                                 "rf_features_kriged"]
+                                 "rf_features_kriged", "qrf"]
     test = roles[0] == "test"
     for name in ("rf_survey_year", "rf_features"):
         plain = r2_score(target[test], predictions[name][0, test])
         kriged = r2_score(target[test], predictions[f"{name}_kriged"][0, test])
         assert kriged > plain + 0.2 and np.isnan(predictions[f"{name}_kriged"][0, ~test]).all()
+
+
+def test_the_forests_and_their_kriging_see_no_held_out_target():
+    """Out-of-bag residuals come from the training rows alone: the test targets ×3 change no prediction."""
+    rng = np.random.default_rng(2)
+    n = 500
+    xy = rng.uniform(0, 50_000, (n, 2))
+    patches = rng.normal(size=(n, 2, 3, 3, 2)).astype(np.float32)
+    target = 30.0 + 6.0 * patches[:, 0, 1, 1, -1] + 5.0 * np.sin(xy[:, 0] / 9_000) + rng.normal(0, 1.0, n)
+    roles = np.where(np.arange(n) < 350, "train", np.where(np.arange(n) < 400, "stop", "test"))[None]
+    cfg = EvaluateConfig(rf_trees=40, rf_min_samples_leaf=(5,), seed=0, kriging="log", kriging_neighbours=16)
+    first = baseline_predictions(patches, np.array([False, False]), target, roles, cfg, xy)
+    changed = np.where(roles[0] == "test", 3.0 * target, target)
+    again = baseline_predictions(patches, np.array([False, False]), changed, roles, cfg, xy)
+    for name, values in first.predictions.items():
+        assert np.array_equal(values, again.predictions[name], equal_nan=True), name
+    for a, b in zip(first.bounds["qrf"], again.bounds["qrf"]):
+        assert np.array_equal(a, b, equal_nan=True)

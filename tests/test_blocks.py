@@ -17,6 +17,7 @@ from socmap import blocks
 from socmap.ensemble import Ensemble
 from socmap.patches import fill_missing, fill_values
 from socmap.rasters import RasterCatalog
+from socmap.region import Region
 from socmap.simulate import simulate
 
 def test_block_reads_give_the_sample_patches_bit_for_bit(mapped):
@@ -43,7 +44,7 @@ def test_windows_with_too_little_valid_data_are_nodata(ensemble, calibration):
     inside[7, 7] = False
     plan = blocks.MapPlan(years=(2020,), needed=(2018, 2019, 2020), year_steps={2020: slice(0, 3)}, window_size=5,
                           window=blocks.Window(0, 0, 8, 8), blocks=(), fill_values=(1.0,) * 6, min_valid_fraction=0.5,
-                          block_size=8, batch_size=7)
+                          block_size=8, batch_size=7, working_crs="EPSG:25832", context=0)
     out = blocks.predict_block(stack, valid, inside, Ensemble(ensemble, calibration), plan)[2020]
     fraction = np.array([[1 - max(0, min(r + 5, 7) - r) * max(0, min(c + 5, 7) - c) / 25 for c in range(8)]
                          for r in range(8)])
@@ -102,3 +103,27 @@ def test_years_share_one_read():
     needed, steps = blocks.plan_years([2018, 2020], 3)
     assert needed == [2016, 2017, 2018, 2019, 2020]
     assert steps == {2018: slice(0, 3), 2020: slice(2, 5)}
+
+
+def test_block_reads_with_context_give_the_sample_patches_bit_for_bit(tiny_world, tmp_path):
+    from socmap.sample import sample
+
+    params = tiny_params(tiny_world, **{**MAP, "sample.context": 7})
+    sample(params.data, params.sample, tmp_path)
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    patches = np.load(tmp_path / "patches.npy", mmap_mode="r")
+    assert patches.shape[1] == 12  # six bands and their context means
+    catalog = RasterCatalog.open(params.data)
+    plan = blocks.MapPlan.build(params, catalog, Region.from_config(params.data.region))
+    assert plan.halo == 2 + 3
+    rows = np.flatnonzero(samples["year"].to_numpy() == 2020)
+    row, col = catalog.grid.index(samples["x"].to_numpy()[rows], samples["y"].to_numpy()[rows])
+    for block in plan.blocks:
+        here = (row >= block.row_off) & (row < block.row_off + block.height) \
+            & (col >= block.col_off) & (col < block.col_off + block.width)
+        filled, valid = fill_missing(blocks.read_halo(catalog, [2018, 2019, 2020], block, plan.halo),
+                                     plan.fill_values)
+        stack, valid = blocks.with_context(filled, valid, plan)
+        assert stack.shape[0] == 12 and valid.shape[0] == 6
+        cut = blocks.block_patches(stack, row[here] - block.row_off, col[here] - block.col_off, 5)
+        np.testing.assert_array_equal(cut, patches[rows[here]])

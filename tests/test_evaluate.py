@@ -14,9 +14,9 @@ from figures import BASELINES, assert_figures, hand_made, sklearn_figures
 from socmap.baselines import baseline_names
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
-from socmap.evaluate import roles_matrix
+from socmap.evaluate import read_design, roles_matrix
 from socmap.kriging import load_fields
-from socmap.scoring import score
+from socmap.scoring import Design, headline, score
 
 
 def test_roles_matrix_and_split_errors():
@@ -26,9 +26,12 @@ def test_roles_matrix_and_split_errors():
         roles_matrix(split, np.array([1, 3]), 2)
     with pytest.raises(SocmapError, match=r"runs \[0, 1\] but models/ holds run_0..run_2"):
         roles_matrix(split, np.array([1, 2]), 3)
-    samples, roles, predictions, baselines = hand_made("kfold")
+    samples, design, predictions, baselines = hand_made("kfold")
     with pytest.raises(SocmapError, match="test rows differ between runs"):
-        score(samples, predictions, roles, baselines, "holdout", EvaluateConfig(bootstrap=0))
+        score(samples, predictions, Design("holdout", design.roles, design.blocks), baselines,
+              EvaluateConfig(bootstrap=0))
+    split = split.assign(block=[-1, 4, -1, 4])
+    assert read_design(split, np.array([2, 1]), 2, "holdout").blocks.tolist() == [4, -1]
 
 
 @pytest.mark.parametrize("mode, kriging", [("holdout", "log"), ("kfold", "log"), ("holdout", "none")])
@@ -43,7 +46,8 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     monkeypatch.chdir(tmp_path)
     for module in (sample, split, train, stage):
         module.main(params)
-    metrics = json.loads((tmp_path / "metrics/evaluate/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "plots/evaluate/details.json").read_text())
+    assert json.loads((tmp_path / "metrics/evaluate/metrics.json").read_text()) == headline(metrics)
     table = pd.read_csv(tmp_path / "plots/evaluate/predictions.csv")
     split_table = pd.read_parquet(tmp_path / "data/splits/split.parquet")
     test_ids = split_table[(split_table["run"] == 0) & (split_table["role"] == "test")]["row_id"]
@@ -60,6 +64,9 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
         assert_figures(metrics["baselines"][name], sklearn_figures(table["observed"], table[name]),
                        skip=("r2_pearson",) if name == "training_mean" else ())
     assert_figures(metrics["ceiling"]["truth"], sklearn_figures(table["observed"], table["truth"]))
+    world = pd.read_parquet(tiny_world / "truth.parquet").set_index("row_id")  # carried by sample, row by row
+    assert np.array_equal(table["truth"], world.loc[table["row_id"], "truth"])
+    assert metrics["ceiling"]["oracle_r2_full"] == json.loads((tiny_world / "oracle.json").read_text())["r2_full"]
     assert set(metrics["runs"]) == {"run_0", "run_1", "run_2"}
     assert metrics["picp"] == pytest.approx(table["observed"].between(table["lower"], table["upper"]).mean())
     assert all(leaf in params.evaluate.rf_min_samples_leaf

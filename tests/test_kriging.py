@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from figures import RUNS, hand_made
+from figures import hand_made
+from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.kriging import (ResidualField, Variogram, empirical_variogram, fit_variogram, krige_runs, load_fields,
-                            require_projected, save_fields, to_residuals)
+                            save_fields, to_residuals)
 
 
 def exponential_field(n: int, nugget: float, sill: float, range_km: float, seed: int = 0):
@@ -112,28 +113,35 @@ def test_fields_file_round_trip_and_errors(tmp_path):
         load_fields(path)
 
 
-def test_a_geographic_grid_is_refused_unless_kriging_is_off():
-    require_projected("EPSG:25832", "log", "report.json")
-    require_projected("EPSG:4326", "none", "report.json")
-    with pytest.raises(SocmapError, match=r"report.json: the grid CRS EPSG:4326 is geographic .* evaluate.kriging = "
-                                          r"log needs distances in metres"):
-        require_projected("EPSG:4326", "log", "report.json")
-
-
-def test_kriging_of_a_run_sees_only_its_training_rows():
-    samples, roles, predictions, _ = hand_made("holdout")
+@pytest.mark.parametrize("mode", ["holdout", "kfold"])
+def test_kriging_is_cross_fitted_and_sees_no_test_target(mode):
+    samples, design, predictions, _ = hand_made(mode)
+    roles, cfg = design.roles, EvaluateConfig(kriging="log", kriging_neighbours=16)
     xy, targets = samples[["x", "y"]].to_numpy(), samples["target"].to_numpy()
-    kriged, added = krige_runs(xy, targets, predictions, roles, "log", 16)
-    held_out = roles[0] != "train"
-    changed = targets.copy()
-    changed[held_out] *= 3.0  # the validation and test targets of run 0 tell its kriging nothing
-    again, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
-    assert np.array_equal(again[0], kriged[0])
-    changed = targets.copy()
-    changed[roles[0] == "train"] *= 1.5
-    moved, _ = krige_runs(xy, changed, predictions, roles, "log", 16)
-    assert not np.allclose(moved[0, held_out], kriged[0, held_out])
-    assert len(added.fields) == RUNS and np.array_equal(added.unkriged, predictions)
-    # next to a run's training rows kriging explains more of the error than at its held-out rows
-    assert added.variance[0, roles[0] == "train"].mean() < added.variance[0, held_out].mean()
-    assert krige_runs(xy, targets, predictions, roles, "none", 16) == (predictions, None)
+    kriged, added = krige_runs(xy, targets, predictions, roles, mode, cfg, 1200.0)
+    for run in range(len(roles)):  # a run's test targets tell its kriging nothing
+        test = roles[run] == "test"
+        again, _ = krige_runs(xy, np.where(test, 3.0 * targets, targets), predictions, roles, mode, cfg, 1200.0)
+        assert np.array_equal(again[run, test], kriged[run, test])
+    test = roles[0] == "test"
+    # the residuals kriged are the validation rows', each by the run that held it out
+    runs, rows = np.nonzero(roles == "val")
+    field = added.fields[0]
+    if mode == "holdout":
+        assert all(f is field for f in added.fields) and len(field.residuals) == len(rows)
+        expected = np.log(targets[rows]) - np.log(predictions[runs, rows])
+        assert np.allclose(np.sort(field.residuals), np.sort(expected))
+    else:
+        own = rows[runs == 0]
+        assert np.allclose(np.sort(field.residuals), np.sort(np.log(targets[own]) - np.log(predictions[0, own])))
+    # a validation row is kriged without its own residual: doubling its target moves its kriged value only
+    # through the variogram, fitted to all residuals (a hundredth of what kriging itself would)
+    row, run = rows[0], runs[0]
+    nudged = targets.copy()
+    nudged[row] *= 2.0
+    moved, _ = krige_runs(xy, nudged, predictions, roles, mode, cfg, 1200.0)
+    assert abs(np.log(moved[run, row] / kriged[run, row])) < 0.01 * np.log(2.0)
+    tested = roles[run] == "test"
+    assert not np.array_equal(moved[run, tested], kriged[run, tested])  # its run's test rows are kriged from it
+    assert np.array_equal(added.unkriged, predictions)
+    assert krige_runs(xy, targets, predictions, roles, mode, EvaluateConfig(kriging="none"), 0.0) == (predictions, None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from coded import H, NODATA_PIXEL, W, YEARS, code, coded_params, expected_patch
-from socmap.patches import extract_patches, fill_missing, fill_values, window_years
+from socmap.patches import box_mean, channel_names, extract_patches, fill_missing, fill_values, is_static, window_years
 from socmap.rasters import RasterCatalog
 
 @pytest.mark.parametrize("row, col", [(5, 7), (4, 4), (0, 8), (H - 1, 3), (0, 0), (H - 1, W - 1), (2, W - 1)])
@@ -44,3 +44,30 @@ def test_fill_values_and_fill_missing(coded):
     assert not valid[0, 1, 1, 0] and valid.sum() == stack.size - 1
     assert filled[0, 1, 1, 0] == np.float32(fill["A"]) and filled[0, 0, 0, 0] == code(2011, 2, 3)
     assert np.isnan(stack[0, 1, 1, 0])  # not in place unless asked
+
+
+def test_a_box_mean_is_the_window_mean_and_the_same_bits_over_any_extent():
+    rng = np.random.default_rng(0)
+    values = rng.normal(300.0, 80.0, (2, 30, 40)).astype(np.float32)
+    means = box_mean(values, 7)
+    assert means.shape == (2, 24, 34) and means.dtype == np.float32
+    assert means[1, 5, 9] == pytest.approx(values[1, 5:12, 9:16].astype(np.float64).mean(), rel=1e-6)
+    np.testing.assert_array_equal(box_mean(values[:, 10:25, 3:30], 7), means[:, 10:19, 3:24])  # bit for bit
+
+
+def test_context_means_follow_the_bands_as_channels(coded):
+    catalog = RasterCatalog.open(coded_params(coded).data)
+    at = (np.array([6, 0]), np.array([8, 3]), np.array([2014, 2013]))
+    plain, invalid = extract_patches(catalog, *at, 3, 2)
+    patches, with_context = extract_patches(catalog, *at, 3, 2, context=5)
+    assert channel_names(["A", "S", "B"], 5) == ["A", "S", "B", "A~5", "S~5", "B~5"]
+    assert patches.shape == (2, 6, 3, 3, 2)
+    np.testing.assert_array_equal(patches[:, :3], plain)  # the bands as they were
+    np.testing.assert_array_equal(with_context, invalid)  # filled pixels counted for the bands alone
+    a = code(2014, *np.mgrid[0:H, 0:W]).astype(np.float64)  # band A in 2014: no nodata pixel that year
+    assert patches[0, 3, 1, 1, -1] == pytest.approx(a[4:9, 6:11].mean(), rel=1e-6)  # the 5 × 5 mean at (6, 8)
+    fill = fill_values(catalog, "mean")["A"]
+    edge = np.full((5, 5), fill)  # the window's corner pixel (-1, 2): context rows -3..1, columns 0..4
+    edge[3:] = code(2013, *np.mgrid[0:2, 0:5])  # beyond the grid: the fill value, as the band's own pixels
+    assert patches[1, 3, 0, 0, -1] == pytest.approx(edge.mean(), rel=1e-6)
+    assert is_static("S~5", ["S"]) and not is_static("A~5", ["S"])

@@ -15,15 +15,18 @@ from conftest import ROOT
 
 # stage -> (paths it writes, paths it reads), each in socmap.paths
 CONTRACT = {
-    "sample": ([paths.PATCHES, paths.SAMPLES, paths.REPORT], []),
+    "sample": ([paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT], [paths.REGION]),
     "split": ([paths.SPLIT, paths.SPLIT_METRICS], [paths.SAMPLES]),
-    "train": ([paths.MODELS, paths.RESUME, paths.TRAIN_METRICS / "metrics.json", paths.TRAIN_METRICS / "plots"],
+    "train": ([paths.MODELS, paths.TRAIN_CURVES, paths.TRAIN_METRICS / "metrics.json", paths.TRAIN_METRICS / "plots"],
               [paths.PATCHES, paths.SAMPLES, paths.SPLIT]),
     "evaluate": ([paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION,
                   paths.EVALUATE_PLOTS, paths.EVALUATE_METRICS / "metrics.json"],
-                 [paths.PATCHES, paths.SAMPLES, paths.REPORT, paths.SPLIT, paths.MODELS]),
+                 [paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT, paths.SPLIT, paths.MODELS,
+                  paths.REGION]),
+    "bundle": ([paths.ENSEMBLE], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
     "map": ([paths.MAPS, paths.POLYGON_MEANS, paths.MAP_PLOTS, paths.MAP_METRICS],
-            [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION]),
+            [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION,
+             paths.REGION]),
 }
 
 
@@ -44,6 +47,18 @@ def test_each_stage_declares_what_it_writes_and_reads(name):
     assert {str(p) for p in reads} <= declared(stage, "deps")
 
 
+def test_what_watches_or_resumes_a_training_is_no_output_and_stays_out_of_git():
+    """resume/train/ and monitor/train/ are no DVC output (an output kept between runs turns the run-cache
+    off), and .gitignore keeps them out of git; the truth reaches evaluate, never train."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for path in (paths.RESUME, paths.TRAIN_MONITOR):
+        assert all(not str(path).startswith(out) and not out.startswith(str(path))
+                   for stage in stages.values() for out in declared(stage.get("do", stage), "outs")), path
+        assert f"/{path.parts[0]}/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert all("persist" not in str(stage) for stage in stages.values())
+    assert str(paths.TRUTH) not in declared(stages["train"], "deps")
+
+
 def test_the_simulated_world_is_where_the_default_params_read_it():
     simulate = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["simulate"]["do"]
     assert str(paths.world_data("${key}")) in declared(simulate, "outs")
@@ -54,8 +69,13 @@ def test_the_simulated_world_is_where_the_default_params_read_it():
 
 
 def string_literals(path: Path) -> list[str]:
-    return [node.value for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    """The string constants of a module, its docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
 
 
 def test_no_module_but_socmap_paths_spells_an_artifact_path():

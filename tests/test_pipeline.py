@@ -12,19 +12,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import rasterio
 import yaml
 
+from socmap import paths
 from socmap.config import params_to_dict
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, TINY_WORLD, tiny_params
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-OUTPUTS = ["data/synthetic/points.csv", "data/processed/patches.npy", "data/splits/split.parquet",
-           "models/run_0.pt", "models/best.pt", "data/maps/soc_2020.tif"]
+OUTPUTS = ["data/synthetic/points.csv", "data/processed/patches.npy", "data/processed/truth.parquet",
+           "data/splits/split.parquet", "models/run_0.pt", "models/best.pt", "data/ensemble/kriging.npz",
+           "data/maps/soc_2020.tif"]
 
 
 def run(*cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -53,7 +57,8 @@ def make_project(where: Path, storage: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("data/", "models/", "plots/")):
+        if (ROOT / name).is_file() and (name.startswith(f"{paths.REGION}/")
+                                        or not name.startswith(("data/", "models/", "plots/"))):
             (where / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, where / name)
     (where / "params.yaml").write_text(yaml.safe_dump(tiny_project_params(), sort_keys=False))
@@ -64,15 +69,19 @@ def make_project(where: Path, storage: Path) -> Path:
     return where
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The tiny project after one full `dvc repro`, committed."""
-    root = tmp_path_factory.mktemp("project")
+def reproduced(root: Path) -> Path:
+    """The tiny project under `root` (its DVC remote beside it) after one full `dvc repro`, committed."""
     repo = make_project(root / "socmap", root / "storage")
     run("dvc", "repro", cwd=repo)
     run("git", "add", "-A", cwd=repo)
     run("git", "commit", "-qm", "repro", cwd=repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project after one full `dvc repro`, committed."""
+    return reproduced(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_writes_every_stage_and_a_second_repro_does_nothing(project):
@@ -241,4 +250,94 @@ def test_own_data_takes_the_simulation_out_of_the_pipeline(project):
     assert "Running stage 'sample'" in result.stdout and "Running stage 'map'" in result.stdout
     report = json.loads((project / "data/processed/report.json").read_text())
     assert report["rows_read"] == report["rows_kept"] + sum(report["drops"].values())
-    assert "skipped" in json.loads((project / "metrics/evaluate/metrics.json").read_text())["ceiling"]
+    assert "ceiling" not in json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert "has no rows" in json.loads((project / "plots/evaluate/details.json").read_text())["ceiling"]["skipped"]
+
+
+# Earth Engine's exports of one world: (simulate.* of the world, the data.rasters patterns that read it)
+EXPORTS = {
+    "lonlat": ({"crs": "EPSG:4326"}, {}),
+    "multiband": ({"crs": "EPSG:4326", "layout": "multiband"}, {"yearly": "{year}.tif"}),
+    "tiled": ({"crs": "EPSG:4326", "layout": "tiled"}, {"yearly": "{band}/{year}-*.tif",
+                                                        "static": "{band}/static-*.tif"}),
+}
+BOUNDARY = "data/region/tiny.geojson"
+
+
+def boundary_geojson(inset: float) -> str:
+    """The tiny world's box `inset` degrees inside its edges, as a GeoJSON polygon in lon/lat."""
+    west, south, east, north = (v + d for v, d in zip(TINY_WORLD["simulate.bbox"], (inset, inset, -inset, -inset)))
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]})
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> Path:
+    """A tiny project without the simulation: its inputs are one world as Earth Engine exports it in EPSG:4326
+    (single-band files, one multi-band file a year, 2 × 2 tiles), each `dvc add`ed under data/raw/, and a
+    boundary file under data/region/."""
+    from socmap.simulate import simulate
+
+    root = tmp_path_factory.mktemp("exports")
+    repo = make_project(root / "socmap", root / "storage")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["simulate"]["worlds"], params["train"]["epochs"] = {}, 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name, (world, _) in EXPORTS.items():
+        folder = repo / "data" / "raw" / name
+        simulate(tiny_params(folder, **{f"simulate.{k}": v for k, v in world.items()}).simulate, folder)
+    (repo / BOUNDARY).write_text(boundary_geojson(0.01))
+    run("dvc", "add", *[f"data/raw/{name}" for name in EXPORTS], BOUNDARY, cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-qm", "Earth Engine exports", cwd=repo)
+    return repo
+
+
+def test_earth_engine_exports_run_to_the_end_with_only_data_changed(exports):
+    """data.* pointed at each export, then dvc repro: it runs to the map, on the EPSG:4326 grid, distances in
+    the local working CRS; the three give the same patches (after the single-band files, the multi-band ones
+    leave split and train up to date); with a boundary file, an edit of it makes sample, evaluate and map
+    stale and nothing else."""
+    patches, stages = {}, ("sample", "split", "train", "evaluate", "map")
+    expected = {"lonlat": list(stages), "multiband": ["sample", "evaluate", "map"], "tiled": list(stages)}
+    for name, (_, patterns) in EXPORTS.items():
+        params = yaml.safe_load((exports / "params.yaml").read_text())
+        params["data"]["rasters"].update(dir=f"data/raw/{name}/rasters",
+                                         yearly=patterns.get("yearly", "{band}/{year}.tif"),
+                                         static=patterns.get("static", "{band}/static.tif"))
+        params["data"]["points"]["path"] = f"data/raw/{name}/points.csv"
+        params["data"]["region"]["boundary"] = BOUNDARY if name == "tiled" else None
+        (exports / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = run("dvc", "repro", cwd=exports)
+        ran = [stage for stage in stages if f"Running stage '{stage}'" in result.stdout]
+        assert ran == expected[name], result.stdout
+        assert json.loads(run("dvc", "status", "--json", cwd=exports).stdout) == {}, name
+        report = json.loads((exports / "data/processed/report.json").read_text())
+        assert report["grid"]["crs"] == "EPSG:4326" and report["working_crs"]["scale"][1] <= 1.0, name
+        assert report["working_crs"]["from"].startswith("a transverse Mercator"), name
+        assert report["rows_kept"] > 150 and {w["band"] for w in report["warped"]} == {"Elevation"}, name
+        assert report["warped"][0].get("tiles") == (4 if name == "tiled" else None), name
+        with rasterio.open(exports / "data/maps/soc_2020.tif") as soc:  # the region's window of the grid
+            res, _, west, _, _, north = report["grid"]["transform"]
+            offset = np.array([(soc.transform.c - west) / res, (north - soc.transform.f) / res])
+            assert soc.crs.to_epsg() == 4326 and soc.res == tuple(report["grid"]["res"]), name
+            np.testing.assert_allclose(offset, np.round(offset), atol=1e-6, err_msg=name)
+            assert (soc.read(1) > 0).mean() > 0.5, name
+        metrics = json.loads((exports / "metrics/evaluate/metrics.json").read_text())
+        details = json.loads((exports / "plots/evaluate/details.json").read_text())  # holdout: one field
+        assert details["kriging"]["space"] == "log" and len(details["kriging"]["variograms"]) == 1, name
+        assert -1 < metrics["r2"] <= 1, name
+        assert json.loads((exports / "metrics/split.json").read_text())["min_distance_km"] > 1.2, name
+        rows = pd.read_parquet(exports / "data/processed/samples.parquet")["row_id"].to_numpy()
+        patches[name] = (report, rows, np.load(exports / "data/processed/patches.npy"))
+    (lonlat, rows, same), (_, _, multiband), (tiled, tiled_rows, inside) = patches.values()
+    np.testing.assert_array_equal(multiband, same)
+    assert tiled["drops"]["outside_region"] > lonlat["drops"]["outside_region"]  # the boundary is the region
+    np.testing.assert_array_equal(inside, same[np.isin(rows, tiled_rows)])
+
+    (exports / BOUNDARY).write_text(boundary_geojson(0.02))  # the user edits the boundary
+    status = json.loads(run("dvc", "status", "--json", cwd=exports).stdout)
+    stale = {stage for stage, changes in status.items() for change in changes
+             if isinstance(change, dict) and "data/region" in (change.get("changed deps") or {})}
+    assert stale == {"sample", "evaluate", "map"}, status

@@ -141,3 +141,21 @@ def test_cli_runs_the_stage_and_reports_errors(tiny_world, tmp_path, monkeypatch
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken))
     assert cli.main(["-q", "sample"]) == 2
     assert "data.points.columns.target = 'SOC': no such column in points.csv" in capsys.readouterr().err
+
+
+LAYOUTS = {"multiband": {"data.rasters.yearly": "{year}.tif"},
+           "tiled": {"data.rasters.yearly": "{band}/{year}-*.tif", "data.rasters.static": "{band}/static-*.tif"}}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_same_pixels_in_one_file_a_year_or_in_tiles_give_identical_patches(tiny_run, knob_world, tmp_path, layout):
+    """The tiny world written as one multi-band file a year (Elevation alone) or as Earth Engine's 2 × 2 tiles
+    of every file: only data.rasters changes, and the stage writes the same patches and table."""
+    _, base, base_out = tiny_run
+    params = tiny_params(knob_world(layout=layout), **LAYOUTS[layout])
+    report = sample(params.data, params.sample, tmp_path)
+    for name in ("patches.npy", "samples.parquet"):
+        assert (tmp_path / name).read_bytes() == (base_out / name).read_bytes(), name
+    assert (report["drops"], report["fills"], report["grid"]) == (base["drops"], base["fills"], base["grid"])
+    (elevation,) = report["warped"]
+    assert elevation["band"] == "Elevation" and elevation.get("tiles") == (4 if layout == "tiled" else None)

@@ -222,21 +222,6 @@ def test_context_and_history_matter_beyond_the_survey_year_pixel(default_world):
 # ------------------------------------------------------------------------ the family of worlds
 
 
-@pytest.fixture(scope="module")
-def knob_world(tmp_path_factory):
-    """knob_world(**simulate_keys): the tiny world with those keys set, written once per module."""
-    root, worlds = tmp_path_factory.mktemp("knobs"), {}
-
-    def make(**knobs) -> Path:
-        key = tuple(sorted(knobs.items()))
-        if key not in worlds:
-            worlds[key] = root / f"world{len(worlds)}"
-            simulate(tiny_params(worlds[key], **{f"simulate.{k}": v for k, v in knobs.items()}).simulate, worlds[key])
-        return worlds[key]
-
-    return make
-
-
 def clean_rows(world: Path) -> pd.DataFrame:
     """The clean rows of a world's survey table with their truth, and the row and column of the
     yearly EPSG:25832 grid of the tiny world that holds each."""

@@ -11,13 +11,15 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pyproj import Transformer
+from pyproj import Geod, Transformer
+from scipy.spatial import cKDTree
 
 from socmap import paths
 from socmap import split as split_stage
 from socmap.config import SplitConfig
 from socmap.errors import SocmapError
 from socmap.split import ROLES, assign_roles, split_metrics
+from scipy.stats import ks_2samp
 
 from conftest import tiny_params
 
@@ -53,6 +55,18 @@ def min_distance(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt((diff ** 2).sum(axis=2)).min())
 
 
+def prediction_grid(samples: pd.DataFrame, n: int = 30) -> np.ndarray:
+    """Prediction points on a regular n × n grid over the samples' extent (as map pixels would be)."""
+    x = np.linspace(samples["x"].min(), samples["x"].max(), n)
+    y = np.linspace(samples["y"].min(), samples["y"].max(), n)
+    gx, gy = np.meshgrid(x, y)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def split_of(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> pd.DataFrame:
+    return assign_roles(samples, cfg, num_runs, prediction_grid(samples))[0]
+
+
 def check_guarantees(samples: pd.DataFrame, split: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> None:
     """Every promise of the split, recomputed from the two tables alone."""
     runs = cfg.folds if cfg.mode == "kfold" else num_runs
@@ -61,183 +75,148 @@ def check_guarantees(samples: pd.DataFrame, split: pd.DataFrame, cfg: SplitConfi
     xy = samples[["x", "y"]].to_numpy()
     threshold = cfg.distance_threshold * 1000.0
     largest_site = samples["site_id"].value_counts().max()
-    tests = []
+    tests, vals = [], []
     for run in range(runs):
         frame = split[split["run"] == run]
         assert len(frame) == len(samples) and set(frame["row_id"]) == set(samples["row_id"])
-        role = samples[["row_id", "site_id"]].merge(frame, on="row_id", validate="one_to_one")["role"].to_numpy()
-        assert (samples[["site_id"]].assign(role=role).groupby("site_id")["role"].nunique() == 1).all()
+        merged = samples[["row_id", "site_id"]].merge(frame, on="row_id", validate="one_to_one")
+        role = merged["role"].to_numpy()
+        assert (merged.groupby("site_id")["role"].nunique() == 1).all()
         is_ = {r: role == r for r in ROLES}
-        assert min_distance(xy, is_["test"], is_["train"]) > threshold
-        assert min_distance(xy, is_["val"], is_["train"]) > threshold
-        assert min_distance(xy, is_["test"], is_["val"]) > threshold  # val lies outside the buffer too
-        # the buffer is no wider than the rule: each buffer site has a row within the threshold of test
+        for held in ("test", "val", "stop"):
+            assert min_distance(xy, is_[held], is_["train"]) > threshold, held
+        assert min_distance(xy, is_["test"], is_["val"] | is_["stop"]) > threshold  # outside the test buffer
+        assert ((merged["block"] >= 0) == is_["test"]).all()  # a test row's block, -1 elsewhere
+        # the buffer is no wider than the rule: each buffer site has a row within the threshold of a held-out row
+        held_out = is_["test"] | is_["val"]
         for site in samples["site_id"][is_["buffer"]].unique():
-            assert min_distance(xy, (samples["site_id"] == site).to_numpy(), is_["test"]) <= threshold
-        non_test = int((~is_["test"]).sum())
-        need_val = math.ceil(cfg.target_val_ratio * non_test - 1e-9)
-        assert need_val <= is_["val"].sum() <= need_val + largest_site - 1
-        assert is_["train"].any()
+            assert min_distance(xy, (samples["site_id"] == site).to_numpy(), held_out) <= threshold
+        pool = int((is_["train"] | is_["stop"]).sum())
+        need_stop = math.ceil(cfg.stop_ratio * pool - 1e-9)
+        assert need_stop <= is_["stop"].sum() <= need_stop + largest_site - 1
+        assert is_["train"].any() and is_["val"].any()
         tests.append(is_["test"])
+        vals.append(is_["val"])
     if cfg.mode == "holdout":
         need_test = math.ceil(cfg.test_ratio * len(samples) - 1e-9)
         assert need_test <= tests[0].sum() <= need_test + largest_site - 1
-        first = split[split["run"] == 0]["role"].to_numpy()
-        for run in range(1, runs):
-            other = split[split["run"] == run]["role"].to_numpy()
-            held = np.isin(first, ["test", "buffer"])
-            assert (held == np.isin(other, ["test", "buffer"])).all() and (first[held] == other[held]).all()
+        assert all((t == tests[0]).all() for t in tests)
+        validated = np.sum(vals, axis=0)
+        assert validated.max() == 1  # the folds: a row validates in one run at most
+        # every row outside test and its buffer validates in exactly one run
+        near_test = np.array([min_distance(xy, samples["site_id"].to_numpy() == site, tests[0]) <= threshold
+                              for site in samples["site_id"]])
+        assert (validated[~tests[0] & ~near_test] == 1).all()
     else:
         assert (np.sum(tests, axis=0) == 1).all()  # every row is tested in exactly one fold
 
 
-def linked_sizes(samples: pd.DataFrame, test: np.ndarray, threshold: float) -> list[int]:
-    """Row counts of the groups of rows beyond `threshold` of test, chained by steps <= threshold or a site."""
-    xy = samples[["x", "y"]].to_numpy()
-    site = samples["site_id"].to_numpy()
-    step = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(axis=2))
-    near_test = np.isin(site, site[(step[:, test] <= threshold).any(axis=1)])
-    pool = ~test & ~near_test
-    adjacent = ((step <= threshold) | (site[:, None] == site[None]))[np.ix_(pool, pool)]
-    seen, sizes = np.zeros(pool.sum(), bool), []
-    for start in range(pool.sum()):
-        if seen[start]:
-            continue
-        group, frontier = {start}, [start]
-        while frontier:
-            new = set(np.flatnonzero(adjacent[frontier].any(axis=0))) - group
-            group |= new
-            frontier = list(new)
-        seen[list(group)] = True
-        sizes.append(len(group))
-    return sizes
-
-
-clouds = st.tuples(st.integers(0, 2**31 - 1), st.integers(15, 140), st.floats(5.0, 60.0), st.floats(0.0, 0.8))
+clouds = st.tuples(st.integers(0, 2**31 - 1), st.integers(20, 140), st.floats(5.0, 60.0), st.floats(0.0, 0.8))
 configs = st.builds(
-    lambda seed, mode, folds, test, val, threshold, block, strata: SplitConfig(
-        seed=seed, mode=mode, folds=folds, test_ratio=test, target_val_ratio=val,
+    lambda seed, mode, folds, test, stop, threshold, block, strata: SplitConfig(
+        seed=seed, mode=mode, folds=folds, test_ratio=test, stop_ratio=stop,
         distance_threshold=threshold, test_block_km=block, strata=strata),
     st.integers(0, 1000), st.sampled_from(["holdout", "kfold"]), st.integers(2, 4), st.floats(0.05, 0.3),
     st.floats(0.03, 0.25), st.floats(0.0, 2.0), st.floats(1.0, 15.0), st.integers(1, 10))
 
 
 @FEW
-@given(cloud=clouds, cfg=configs, num_runs=st.integers(1, 3))
+@given(cloud=clouds, cfg=configs, num_runs=st.integers(2, 3))
 def test_split_keeps_its_guarantees_or_says_why_not(cloud, cfg, num_runs):
     samples = point_cloud(*cloud)
     try:
-        split = assign_roles(samples, cfg, num_runs)
+        split = split_of(samples, cfg, num_runs)
     except SocmapError as exc:
         message = str(exc)
         event(message.split(" = ")[0])
-        if "split.folds" in message:  # fewer blocks with data than folds
+        if "validation folds" in message:
+            assert "sites lie outside the test set and its buffer, too few for" in message
+            assert message.endswith("split.test_ratio or split.distance_threshold")
+        elif "split.folds" in message:  # fewer blocks with data than folds
             assert cfg.mode == "kfold" and "split.test_block_km" in message
-        elif "target_val_ratio" in message:
-            assert "largest reachable validation ratio below it is" in message
+        elif "stop_ratio" in message:
+            assert "the largest reachable share below it is" in message
+        elif "leaves no rows for training" in message:
+            assert "a threshold below" in message
         else:
-            assert "leaves no rows for training" in message
+            assert "lies within it of a" in message and "; lower split.distance_threshold" in message
         return
     event(f"split {cfg.mode}")
     check_guarantees(samples, split, cfg, num_runs)
-    pd.testing.assert_frame_equal(split, assign_roles(samples, cfg, num_runs))  # same seed, same split
+    pd.testing.assert_frame_equal(split, split_of(samples, cfg, num_runs))  # same seed, same split
 
 
-@FEW
-@given(cloud=st.tuples(st.integers(0, 2**31 - 1), st.integers(15, 140), st.floats(4.0, 30.0), st.floats(0.0, 0.8)),
-       ratio=st.floats(0.05, 0.6), threshold=st.floats(0.5, 5.0))
-def test_an_unreachable_validation_ratio_names_the_largest_reachable(cloud, ratio, threshold):
-    samples = point_cloud(*cloud)
-    cfg = SplitConfig(target_val_ratio=ratio, test_ratio=0.1, distance_threshold=threshold, test_block_km=5.0)
-    try:
-        split = assign_roles(samples, cfg, 1)
-    except SocmapError as exc:
-        event(str(exc).split(" = ")[0])
-        if "target_val_ratio" not in str(exc):
-            return
-        best = float(str(exc).rsplit(" ", 1)[1])
-        # the hold-out as the stage draws it; clusters and reachable sizes recomputed from scratch
-        row_site, site_xy, site_rows = split_stage.site_table(samples["site_id"].to_numpy(),
-                                                              samples[["x", "y"]].to_numpy())
-        test = split_stage.tested_sites(site_xy, site_rows, cfg, 1)[0][row_site]
-        sizes = linked_sizes(samples, test, threshold * 1000.0)
-        sums = {0}
-        for size in sizes:
-            sums |= {s + size for s in sums}
-        non_test = int((~test).sum())
-        need = math.ceil(ratio * non_test - 1e-9)
-        high = min(need + samples["site_id"].value_counts().max() - 1, sum(sizes) - 1)
-        assert not any(need <= s <= high for s in sums)
-        assert best == round(max(s for s in sums if s < need and s < sum(sizes)) / non_test, 4)
-        return
-    event("split")
-    check_guarantees(samples, split, cfg, 1)
-
-
-def test_a_threshold_wider_than_the_world_is_an_error():
+def test_a_threshold_wider_than_the_world_is_an_error_naming_the_threshold_that_leaves_rows():
     samples = point_cloud(3, 80, 10.0, 0.0)
     cfg = SplitConfig(distance_threshold=30.0, test_block_km=2.0)
-    with pytest.raises(SocmapError, match="split.distance_threshold = 30 km: the buffer .* leaves no rows"):
-        assign_roles(samples, cfg, 2)
-
-
-def test_validation_ratio_beyond_the_linked_clusters_is_an_error():
-    samples = point_cloud(4, 200, 8.0, 0.9)  # one dense cluster: nearly everything linked at 1.5 km
-    cfg = SplitConfig(distance_threshold=1.5, test_block_km=2.0, target_val_ratio=0.4)
-    with pytest.raises(SocmapError, match=r"split.target_val_ratio = 0.4 cannot be reached: .*"
-                                          r"the largest reachable validation ratio below it is 0\.\d{4}$"):
-        assign_roles(samples, cfg, 1)
+    with pytest.raises(SocmapError, match=r"^split.distance_threshold = 30 km: the buffer around the test set leaves "
+                                          r"no rows for training \(each of the \d+ other rows lies that close to a "
+                                          r"test row\); a threshold below [\d.]+ km keeps the row farthest from the "
+                                          r"test set$") as error:
+        split_of(samples, cfg, 2)
+    below = float(str(error.value).split("below ")[1].split(" km")[0])
+    for threshold in (below + 0.002, below - 1e-6):  # just above the farthest row: the same; just below: it trains
+        try:
+            split_of(samples, dataclasses.replace(cfg, distance_threshold=threshold), 2)
+            message = ""
+        except SocmapError as exc:
+            message = str(exc)
+        assert ("leaves no rows" in message) == (threshold > below), (threshold, message)
 
 
 def test_too_few_blocks_for_the_folds_is_an_error():
     samples = point_cloud(5, 60, 15.0, 0.0)
     with pytest.raises(SocmapError, match=r"split.folds = 5: the data cover only [1-4] blocks"):
-        assign_roles(samples, SplitConfig(mode="kfold", folds=5, test_block_km=40.0), 1)
+        split_of(samples, SplitConfig(mode="kfold", folds=5, test_block_km=40.0), 2)
 
 
 def test_seeds_change_the_split_and_runs_differ_in_validation_only():
     samples = point_cloud(6, 600, 80.0, 0.3)
     cfg = SplitConfig(test_block_km=10.0)
-    a, b = assign_roles(samples, cfg, 3), assign_roles(samples, dataclasses.replace(cfg, seed=1), 3)
-    check_guarantees(samples, a, cfg, 3)  # test and buffer the same in every run
+    a, b = split_of(samples, cfg, 3), split_of(samples, dataclasses.replace(cfg, seed=1), 3)
+    check_guarantees(samples, a, cfg, 3)  # test and buffer the same in every run, the folds partition the rest
     assert not a["role"].equals(b["role"])
-    runs = [a[a["run"] == k]["role"].to_numpy() for k in range(3)]
-    assert not np.array_equal(runs[0] == "val", runs[1] == "val")
 
 
-def test_stratified_validation_matches_training_better_than_unstratified():
+def test_stratified_stop_rows_match_training_better_than_unstratified():
     samples = point_cloud(7, 2500, 150.0, 0.3, sigma=1.0)  # lognormal, heavily skewed
+    targets = samples.set_index("row_id")["target"]
     ks = {}
     for strata in (1, 10):
-        cfg = SplitConfig(strata=strata, test_block_km=15.0)
-        metrics = split_metrics(samples, assign_roles(samples, cfg, 8))
-        ks[strata] = metrics["val_ks_mean"]
+        split = split_of(samples, SplitConfig(strata=strata, test_block_km=15.0), 4)
+        gaps = [ks_2samp(targets[run[run["role"] == "stop"]["row_id"]], targets[run[run["role"] == "train"]["row_id"]]
+                         ).statistic for _, run in split.groupby("run")]
+        ks[strata] = np.mean(gaps)
     assert ks[10] < 0.6 * ks[1], ks
 
 
-def test_metrics_report_sizes_distances_and_ks():
-    samples = point_cloud(8, 400, 60.0, 0.3)
-    cfg = SplitConfig(test_block_km=10.0)
-    split = assign_roles(samples, cfg, 2)
-    metrics = split_metrics(samples, split)
-    run = metrics["per_run"]["1"]
-    val = split[(split["run"] == 1) & (split["role"] == "val")]
-    assert run["val"]["rows"] == len(val)
-    assert run["val"]["target_mean"] == round(samples.set_index("row_id").loc[val["row_id"], "target"].mean(), 3)
-    assert run["val"]["sites"] == samples.set_index("row_id").loc[val["row_id"], "site_id"].nunique()
-    assert run["min_distance_val_train_km"] > 1.2 and run["min_distance_test_train_km"] > 1.2
-    assert metrics["min_distance_km"] == min(r[k] for r in metrics["per_run"].values()
-                                             for k in ("min_distance_val_train_km", "min_distance_test_train_km"))
-    from scipy.stats import ks_2samp
+def test_validation_is_as_far_from_training_as_the_map():
+    samples = point_cloud(8, 800, 100.0, 0.7)  # clustered sites, the map covering the whole square
+    prediction = prediction_grid(samples)
+    split, knndm = assign_roles(samples, SplitConfig(test_block_km=10.0), 4, prediction)
+    metrics, _, _ = split_metrics(samples, split, prediction, knndm)
+    median = {kind: q["p50"] for kind, q in metrics["distance_to_train_km"].items()}
+    assert abs(median["val"] - median["prediction"]) < 0.35 * median["prediction"], median
+    # a random split of the same sites into folds puts validation much nearer training than the map
+    assert knndm["all"]["tried"][str(knndm["all"]["clusters"])] < 0.5 * max(knndm["all"]["tried"].values())
 
-    targets = samples.set_index("row_id")["target"]
-    val_target = targets.loc[val["row_id"]].to_numpy()
-    train_target = targets.loc[split[(split["run"] == 1) & (split["role"] == "train")]["row_id"]].to_numpy()
-    at = np.union1d(val_target, train_target)  # the largest gap of the two empirical distribution functions
-    gap = np.abs(np.searchsorted(np.sort(val_target), at, side="right") / val_target.size
-                 - np.searchsorted(np.sort(train_target), at, side="right") / train_target.size).max()
-    assert run["val_ks"] == round(gap, 4) and run["val_ks_p"] == round(ks_2samp(val_target, train_target).pvalue, 4)
-    assert metrics["test_rows"] == run["test"]["rows"] and metrics["runs"] == 2
+
+def test_metrics_report_sizes_and_the_three_distance_distributions():
+    samples = point_cloud(8, 400, 60.0, 0.3)
+    prediction = prediction_grid(samples, 12)
+    split, knndm = assign_roles(samples, SplitConfig(test_block_km=10.0), 2, prediction)
+    metrics, detail, distances = split_metrics(samples, split, prediction, knndm)
+    run = detail["runs"]["1"]
+    frame = split[split["run"] == 1]
+    xy = samples.set_index("row_id").loc[frame["row_id"], ["x", "y"]].to_numpy()
+    role = frame["role"].to_numpy()
+    assert run["val"]["rows"] == (role == "val").sum() and metrics["runs"] == 2
+    brute = {kind: np.sqrt(((points[:, None] - xy[role == "train"][None]) ** 2).sum(axis=2)).min(axis=1)
+             for kind, points in (("val", xy[role == "val"]), ("test", xy[role == "test"]), ("prediction", prediction))}
+    for kind, d in brute.items():
+        assert run["distance_to_train_km"][kind]["p50"] == round(float(np.median(d)) / 1000.0, 3), kind
+    assert metrics["min_distance_km"] == round(min(distances["val"].min(), distances["test"].min()), 3)
+    assert metrics["min_distance_km"] > 1.2 and metrics["knndm_clusters"] == {"all": knndm["all"]["clusters"]}
 
 
 def tiny_samples(world) -> pd.DataFrame:
@@ -263,9 +242,11 @@ def test_stage_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/processed").mkdir(parents=True)
     samples.to_parquet(tmp_path / paths.SAMPLES, index=False)
+    pd.DataFrame(prediction_grid(samples), columns=["x", "y"]).to_parquet(tmp_path / paths.PREDICTION_POINTS)
     split_stage.main(params)
     split = pd.read_parquet(tmp_path / paths.SPLIT)
-    assert list(split.columns) == ["row_id", "run", "role"]
+    assert list(split.columns) == ["row_id", "run", "role", "block"]
+    assert (tmp_path / paths.SPLIT_PLOTS / "distances.png").stat().st_size > 10_000
     check_guarantees(samples, split, params.split, params.train.num_runs)
     metrics = json.loads((tmp_path / paths.SPLIT_METRICS).read_text())
     assert metrics["rows"] == len(samples) and metrics["runs"] == (3 if mode == "kfold" else 2)
@@ -301,3 +282,61 @@ def test_sample_then_split_on_the_tiny_world(tiny, tmp_path, monkeypatch):
     split = pd.read_parquet(tmp_path / paths.SPLIT)
     check_guarantees(samples, split, tiny.split, tiny.train.num_runs)
     assert samples["site_id"].nunique() < len(samples)  # revisits are there, and were kept together
+
+
+def held_out_geodesic_km(samples: pd.DataFrame, split: pd.DataFrame) -> float:
+    """The smallest geodesic distance (km, WGS 84, from lon and lat) between a test or validation row and a
+    training row of the same run, over all runs: brute force, independent of any projection."""
+    geod, closest = Geod(ellps="WGS84"), math.inf
+    lon, lat = samples["lon"].to_numpy(), samples["lat"].to_numpy()
+    for _, frame in split.groupby("run"):
+        role = samples[["row_id"]].merge(frame, on="row_id", validate="one_to_one")["role"].to_numpy()
+        train, held = np.flatnonzero(role == "train"), np.flatnonzero(np.isin(role, ["test", "val"]))
+        a, b = np.repeat(held, train.size), np.tile(train, held.size)
+        closest = min(closest, float(geod.inv(lon[a], lat[a], lon[b], lat[b])[2].min()) / 1000.0)
+    return closest
+
+
+def test_too_few_sites_for_the_validation_folds_is_an_error_naming_what_to_lower():
+    samples = point_cloud(4, 10, 4.0, 0.0)
+    cfg = SplitConfig(distance_threshold=1.0, test_block_km=2.0, test_ratio=0.3)
+    with pytest.raises(SocmapError, match=r"^split: only 4 of 10 sites lie outside the test set and its buffer, too few "
+                                          r"for 6 validation folds \(one per run of train.num_runs, two for one run\); "
+                                          r"lower train.num_runs, split.test_ratio or split.distance_threshold$"):
+        split_of(samples, cfg, 6)
+    assert split_of(samples, cfg, 4)["run"].nunique() == 4  # four folds of the four sites: it splits
+
+
+def test_a_lonlat_world_splits_on_the_ground_as_its_metric_twin(tiny_world, knob_world, tmp_path, monkeypatch):
+    """The tiny world in EPSG:25832 and warped to EPSG:4326 (Earth Engine's CRS): sample and split each. The
+    test-to-train distances agree within a pixel, and in both every held-out row is at least
+    split.distance_threshold km on the ground from every training row."""
+    from socmap.sample import sample
+
+    runs = {}
+    for name, world in (("metric", tiny_world), ("lonlat", knob_world(crs="EPSG:4326"))):
+        params = tiny_params(world, **{"split.test_block_km": 5.0})
+        monkeypatch.chdir(tmp_path.joinpath(name).mkdir() or tmp_path / name)
+        report = sample(params.data, params.sample, paths.PROCESSED)
+        split_stage.main(params)
+        runs[name] = (report, pd.read_parquet(paths.SAMPLES), pd.read_parquet(paths.SPLIT),
+                      json.loads(paths.SPLIT_METRICS.read_text()))
+        assert held_out_geodesic_km(runs[name][1], runs[name][2]) >= params.split.distance_threshold
+    (metric_report, metric, metric_split, metric_metrics), (report, lonlat, split, metrics) = runs.values()
+    assert report["grid"]["crs"] == "EPSG:4326" and report["working_crs"]["from"].startswith("a transverse Mercator")
+    assert metric_report["working_crs"] == {"crs": "EPSG:25832", "name": "ETRS89 / UTM zone 32N",
+                                            "from": "the grid's CRS",
+                                            "scale": pytest.approx([0.99996, 1.00007], abs=1e-5)}
+    assert 0.99999 < report["working_crs"]["scale"][0] <= report["working_crs"]["scale"][1] <= 1.0
+    pixel_m = 1000.0 * min(report["grid"]["res"]) / report["grid"]["res"][1] * math.cos(math.radians(48.43))
+    # the metric world's test rows, measured to its training rows in each world's x, y: the same distances
+    both = metric[["row_id", "x", "y"]].merge(lonlat[["row_id", "x", "y"]], on="row_id", suffixes=("", "_ll"))
+    assert len(both) == len(metric) == len(lonlat)
+    roles = both[["row_id"]].merge(metric_split[metric_split["run"] == 0], on="row_id")["role"].to_numpy()
+    for columns in (["x", "y"], ["x_ll", "y_ll"]):
+        xy = both[columns].to_numpy()
+        nearest = cKDTree(xy[roles == "train"]).query(xy[roles == "test"])[0]
+        runs[columns[0]] = nearest
+    assert np.abs(runs["x"] - runs["x_ll"]).max() < min(pixel_m, 5e-4 * runs["x"].max())
+    for figures in (metrics, metric_metrics):  # what split.json reports, measured in each world's x, y
+        assert figures["min_distance_km"] >= params.split.distance_threshold - pixel_m / 1000.0

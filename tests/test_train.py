@@ -19,7 +19,7 @@ from conftest import ROOT
 from learnable import params_for, run_train, val_rows
 from socmap import paths, train
 from socmap.checkpoint import load_checkpoint
-from socmap.config import load_params, params_subset, params_to_dict
+from socmap.config import load_params, params_to_dict, replace
 from socmap.errors import SocmapError
 from socmap.metrics import regression_metrics
 from socmap.predict import Predictor
@@ -36,9 +36,14 @@ def test_training_learns_and_writes_every_output(trained):
     for key in ("val_r2_mean", "val_r2_std", "val_rmse_mean"):
         assert metrics[key] == pytest.approx(summary[key])
     for run in range(2):
-        lines = (out / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
-        assert lines[0].split("\t") == ["step", "val_r2"]
+        lines = (out / f"metrics/train/plots/metrics/run{run}/stop_r2.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["step", "stop_r2"]
         assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(8))
+    curves = pd.read_csv(out / "plots/train/curves.csv")  # every run's epochs in one file, for any run count
+    assert curves.columns.tolist() == ["run", "epoch", "train_loss", "stop_loss", "lr", "stop_r2", "stop_mae",
+                                       "stop_rmse", "stop_rpiq", "stop_bias"]  # the stop rows choose the epoch
+    assert list(zip(curves["run"], curves["epoch"])) == [(run, r["epoch"]) for run, r in records]
+    assert curves["stop_r2"].tolist() == pytest.approx([r["stop_r2"] for _, r in records], rel=1e-12)
     assert list((out / "resume/train").iterdir()) == [], "the resume state is cleared once training completes"
 
 
@@ -88,7 +93,7 @@ def test_a_training_killed_mid_epoch_resumes_to_the_same_models_and_leaves_no_te
         assert (stage_dir / "models" / name).read_bytes() == (tmp_path / "reference/models" / name).read_bytes()
     metrics = json.loads((stage_dir / "metrics/train/metrics.json").read_text())
     assert metrics == json.loads((tmp_path / "reference/metrics/train/metrics.json").read_text()) == reference
-    lines = (stage_dir / "metrics/train/plots/metrics/run0/val_r2.tsv").read_text().splitlines()
+    lines = (stage_dir / "metrics/train/plots/metrics/run0/stop_r2.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(6))  # replayed once, then continued
 
 
@@ -135,7 +140,7 @@ def test_two_cpu_processes_train_one_model_and_log_once(project, tmp_path):
         assert predictor.val_metrics["n"] == len(target)  # both processes' validation rows, gathered
         again = regression_metrics(target, predictor.predict(patches))
         assert again["r2"] == pytest.approx(predictor.val_metrics["r2"], rel=1e-5, abs=1e-6)
-        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/val_r2.tsv").read_text().splitlines()
+        lines = (tmp_path / f"metrics/train/plots/metrics/run{run}/stop_r2.tsv").read_text().splitlines()
         assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 1]
     metrics = json.loads((tmp_path / "metrics/train/metrics.json").read_text())
     assert {"val_r2_mean", "val_r2_std", "val_rmse_mean"} <= set(metrics)
@@ -144,8 +149,27 @@ def test_two_cpu_processes_train_one_model_and_log_once(project, tmp_path):
 
 def test_checkpoints_record_exactly_the_params_the_train_stage_declares():
     """A param outside the train stage's list (say evaluate.kriging) must not change a checkpoint's bytes:
-    dvc would not rerun train for it, and a fresh clone's `dvc repro` would write other models."""
+    dvc would not rerun train for it, and a fresh clone's `dvc repro` would write other models. The stage
+    declares its watch params too (setting one reruns it), which no checkpoint records."""
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
-    recorded = params_subset(load_params(ROOT / "params.yaml"), train.STAGE_PARAMS)
+    recorded = train.recorded_params(load_params(ROOT / "params.yaml"))
     leaves = {f"{section}.{key}" for section, values in recorded.items() for key in values}
-    assert leaves == set(declared)
+    assert leaves | set(train.WATCH_PARAMS) == set(declared) and not leaves & set(train.WATCH_PARAMS)
+    watched = replace(load_params(ROOT / "params.yaml"), **{"train.monitor": True})
+    assert train.recorded_params(watched) == recorded  # a watched run resumes an unwatched one, and back
+
+
+def test_monitoring_writes_a_report_of_the_machine_outside_the_outputs_and_changes_no_output(project, tmp_path):
+    params = params_for(project, **{"train.epochs": 2})
+    run_train(project, tmp_path / "plain", params)
+    watched = replace(params, **{"train.monitor": True})
+    run_train(project, tmp_path / "watched", watched)
+    outputs = ["models/run_0.pt", "models/run_1.pt", "models/best.pt", "metrics/train/metrics.json",
+               "plots/train/curves.csv", "metrics/train/plots/metrics/run1/stop_r2.tsv"]
+    for name in outputs:
+        assert (tmp_path / "watched" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    assert not (tmp_path / "plain/monitor").exists()
+    report = (tmp_path / "watched/monitor/train/report.html").read_text()
+    assert "system/cpu/usage (%)" in report and "run1/stop_r2" in report
+    summary = json.loads((tmp_path / "watched/monitor/train/metrics.json").read_text())
+    assert summary["step"] == 3 and 0 < summary["system"]["ram"]["usage (GB)"]  # 4 epochs: steps 0 to 3

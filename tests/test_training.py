@@ -62,7 +62,7 @@ def test_early_stopping_ends_a_run_after_patience_epochs_without_progress(projec
     records = []
     summary = run_train(project, tmp_path, params, lambda run, r: records.append(r))
     assert len(records) < 30
-    best = max(range(len(records)), key=lambda e: records[e]["val_r2"])
+    best = max(range(len(records)), key=lambda e: records[e]["stop_r2"])
     assert summary["run0"]["best_epoch"] == best == len(records) - 1 - 2
 
 
@@ -99,7 +99,7 @@ def test_epoch_order_is_seeded_by_run_and_epoch(project):
 
 def test_augmentation_changes_training_and_can_be_turned_off(project, trained, tmp_path):
     _, summary, _ = trained
-    assert params_for(project).train.augment  # on by default
-    plain = run_train(project, tmp_path, params_for(project, **{"train.augment": False}))
+    assert params_for(project).train.augment == "dihedral"  # on by default
+    plain = run_train(project, tmp_path, params_for(project, **{"train.augment": "none"}))
     assert plain["val_r2_mean"] > 0.4 and plain["val_r2_mean"] != summary["val_r2_mean"]
-    assert training.augmenter(params_for(project, **{"train.augment": False}).train, 0, 0, 0) is None
+    assert training.augmenter(params_for(project, **{"train.augment": "none"}).train, 0, 0, 0) is None

@@ -10,8 +10,8 @@ import torch
 
 from socmap.errors import SocmapError
 from socmap.models import build_model
-from socmap.transforms import (DIHEDRAL, LOG_OFFSET, VIEWS, FeatureNorm, TargetTransform, dihedral,
-                               random_dihedral, symmetric_mean)
+from socmap.transforms import (DIHEDRAL, GROUPS, LOG_OFFSET, FeatureNorm, TargetTransform, dihedral,
+                               random_symmetry, symmetric_mean)
 
 TARGETS = np.array([2.0, 4.0, 6.0, 8.0])  # g/kg: mean 5, population std √5
 
@@ -115,7 +115,7 @@ def test_the_symmetries_form_a_group():
             assert composed in images, (i, j)  # closed
             inverses += images[composed] == 0
         assert inverses == 1, i  # each has exactly one inverse
-    for views in VIEWS.values():  # every set a prediction averages over is a subgroup
+    for views in GROUPS.values():  # every set a window is drawn from, and a prediction averages over, is a subgroup
         assert {images[str(dihedral(dihedral(GRID3, i), j)[0, 0, :, :, 0].tolist())]
                 for i in views for j in views} == set(views)
 
@@ -127,41 +127,52 @@ class TopLeftPixel(torch.nn.Module):
         return x[:, 0, 0, 0, -1]
 
 
-@pytest.mark.parametrize("views, expected", [(1, 0.0), (2, (0 + 8) / 2), (4, (0 + 2 + 6 + 8) / 4),
-                                             (8, (0 + 2 + 6 + 8) / 4)])
-def test_a_symmetric_mean_averages_the_model_over_its_views(views, expected):
-    model = TopLeftPixel()
+@pytest.mark.parametrize("group, expected", [("none", 0.0), ("mirror", (0 + 2) / 2), ("turns", (0 + 2 + 6 + 8) / 4),
+                                             ("dihedral", (0 + 2 + 6 + 8) / 4)])
+def test_a_symmetric_mean_averages_the_model_over_its_views(group, expected):
+    model, views = TopLeftPixel(), GROUPS[group]
     assert symmetric_mean(model, GRID3, views).tolist() == [expected]  # the corners the views bring up
-    for k in VIEWS[views]:
+    for k in views:
         assert symmetric_mean(model, dihedral(GRID3, k), views).tolist() == [expected]  # invariant under them
+
+
+def test_the_mirror_keeps_north_up():
+    north_south = torch.arange(3.0)[None, None, :, None, None].expand(1, 1, 3, 3, 1)  # rows: north to south
+    for k in GROUPS["mirror"]:
+        torch.testing.assert_close(dihedral(north_south, k), north_south)  # a slope facing north stays so
+    assert not torch.equal(dihedral(north_south, 1), north_south)  # a quarter turn does not
 
 
 def test_random_symmetries_need_a_square_window():
     with pytest.raises(ValueError, match=r"window of patches \(2, 1, 3, 4, 1\) is not square"):
-        random_dihedral(torch.zeros(2, 1, 3, 4, 1), torch.Generator().manual_seed(0))
+        random_symmetry(torch.zeros(2, 1, 3, 4, 1), torch.Generator().manual_seed(0), GROUPS["dihedral"])
 
 
 def test_random_symmetries_keep_a_rotation_invariant_batch_and_are_seeded():
     row, col = torch.meshgrid(torch.arange(5.0) - 2, torch.arange(5.0) - 2, indexing="ij")
     radius = (row**2 + col**2)[None, None, :, :, None]  # the same under every turn and mirror
     invariant = radius * torch.randn(64, 6, 1, 1, 3, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(random_dihedral(invariant, torch.Generator().manual_seed(0)), invariant)
+    torch.testing.assert_close(random_symmetry(invariant, torch.Generator().manual_seed(0), GROUPS["dihedral"]), invariant)
 
     x = torch.randn(64, 6, 5, 5, 3, generator=torch.Generator().manual_seed(3))
-    first = random_dihedral(x, torch.Generator().manual_seed(7))
+    first = random_symmetry(x, torch.Generator().manual_seed(7), GROUPS["dihedral"])
     assert first.shape == x.shape
-    torch.testing.assert_close(random_dihedral(x, torch.Generator().manual_seed(7)), first)
-    assert not torch.equal(random_dihedral(x, torch.Generator().manual_seed(8)), first)
+    torch.testing.assert_close(random_symmetry(x, torch.Generator().manual_seed(7), GROUPS["dihedral"]), first)
+    assert not torch.equal(random_symmetry(x, torch.Generator().manual_seed(8), GROUPS["dihedral"]), first)
     used = set()
     for i in range(len(x)):  # every row is one of its own 8 symmetries, and the batch mixes them
         matches = [k for k in range(DIHEDRAL) if torch.equal(dihedral(x[i:i + 1], k), first[i:i + 1])]
         assert len(matches) == 1, i
         used.add(matches[0])
     assert len(used) == DIHEDRAL
+    mirrored = random_symmetry(x, torch.Generator().manual_seed(7), GROUPS["mirror"])
+    assert all(torch.equal(mirrored[i], x[i]) or torch.equal(mirrored[i:i + 1], dihedral(x[i:i + 1], 4))
+               for i in range(len(x)))
 
 
-@pytest.mark.parametrize("views, invariant_under", [(1, [0]), (2, [0, 2]), (4, [0, 1, 2, 3]), (8, range(8))])
-def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invariant_under):
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(group):
+    views = invariant_under = GROUPS[group]
     torch.manual_seed(0)
     model = build_model("refitted_cov_lstm", 6, 5, hidden_size=8).eval()
     x = torch.randn(16, 6, 5, 5, 3, generator=torch.Generator().manual_seed(4))
@@ -174,6 +185,6 @@ def test_a_symmetric_mean_is_invariant_under_its_symmetries_only(views, invarian
                 torch.testing.assert_close(turned, mean)
             else:
                 assert (turned - mean).abs().max() > 1e-4, k
-        torch.testing.assert_close(symmetric_mean(model, x, 1), model(x))
+        torch.testing.assert_close(symmetric_mean(model, x, (0,)), model(x))
         by_hand = torch.stack([model(dihedral(x, k)) for k in range(DIHEDRAL)]).mean(0)
-        torch.testing.assert_close(symmetric_mean(model, x, 8), by_hand)
+        torch.testing.assert_close(symmetric_mean(model, x, GROUPS["dihedral"]), by_hand)

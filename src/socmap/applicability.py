@@ -218,14 +218,10 @@ def fit_applicability(predictors: Sequence, patches: np.ndarray, targets: np.nda
     return (*Applicability.fit(features, roles, importance, static, patches.shape[-1]), features)
 
 
-def nearest_training(points: np.ndarray, roles: np.ndarray, rows: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Distance from each of `rows` to the nearest training row of the model(s) that predict it.
-
-    Args:
-        points: [N, D] every row in some space (the DI's, or x, y); roles: [K, N];
-        rows: positions of the rows; fold: per row the run that tests it, −1 for all runs (holdout:
-            the ensemble's training rows, every row some run trains on).
-    """
+def training_distance(points: np.ndarray, roles: np.ndarray, rows: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Distance from each of `rows` to the nearest row its predicting model(s) trained on, in the space of
+    `points` [N, D] (x, y in metres, or the dissimilarity index's): per row, `fold` the run that tests it,
+    or −1 for every run's training rows (holdout: the ensemble's)."""
     out = np.empty(len(rows))
     for run in np.unique(fold):
         train = (roles == "train").any(axis=0) if run < 0 else roles[run] == "train"
@@ -257,19 +253,18 @@ def error_profile(table: pd.DataFrame, column: str, nominal: float, bins: int = 
     return pd.DataFrame(rows)
 
 
-def test_applicability(table: pd.DataFrame, applicability: Applicability, features: np.ndarray, xy: np.ndarray,
+def test_applicability(table: pd.DataFrame, applicability: Applicability, features: np.ndarray,
                        roles: np.ndarray, rows: np.ndarray) -> pd.DataFrame:
-    """The test table with each row's DI, whether it lies inside the AOA and its distance (km) to the
-    nearest training site, each against the training rows of the model(s) that predict it.
+    """The test table with each row's DI and whether it lies inside the AOA, against the training rows of
+    the model(s) that predict it (the table's distance_km measures the same on the ground).
 
     Args:
         table: the test table (kfold: with its fold column); features: [N, F] of every row;
-        xy: [N, 2] metres; roles: [K, N]; rows: the test rows' positions, in table order.
+        roles: [K, N]; rows: the test rows' positions, in table order.
     """
     fold = table["fold"].to_numpy() if "fold" in table else np.full(len(rows), -1)
-    dissimilarity = nearest_training(applicability.space(features), roles, rows, fold) / applicability.mean_distance
-    return table.assign(dissimilarity=dissimilarity, inside_aoa=dissimilarity <= applicability.threshold,
-                        distance_km=nearest_training(np.asarray(xy, dtype=np.float64), roles, rows, fold) / 1000.0)
+    dissimilarity = training_distance(applicability.space(features), roles, rows, fold) / applicability.mean_distance
+    return table.assign(dissimilarity=dissimilarity, inside_aoa=dissimilarity <= applicability.threshold)
 
 
 def applicability_metrics(table: pd.DataFrame, applicability: Applicability, bands: Sequence[str],

@@ -8,14 +8,22 @@
   the survey year (the terrain-position idea behind TPI); static bands once, not once per year.
 - ``rf_survey_year_kriged``, ``rf_features_kriged`` (with `evaluate.kriging` on): each forest with
   regression kriging of its out-of-bag residuals at the training rows (its in-bag residuals are
-  close to 0 and would hide the spatial error), as the network is kriged.
+  close to 0 and would hide the spatial error), as the network is kriged from residuals of rows its
+  runs did not train on.
+- ``qrf``: a quantile regression forest (Meinshausen 2006; the model of SoilGrids and of the
+  quantile-forest SOC maps of Bavaria and Europe) on the ``rf_features`` features, with its own
+  interval at `evaluate.interval`, as those products publish it.
 
-The forests' leaf size is tuned on each run's validation rows only; the test rows are only predicted.
+Every forest trains on each run's training rows and takes its leaf size from the run's stop rows
+(as the network takes its epoch): the validation and test rows choose nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from quantile_forest import RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
 
 from socmap.applicability import history_features
@@ -56,21 +64,39 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
 
 def baseline_names(kriging: str) -> list[str]:
     """The baselines evaluated with `evaluate.kriging` = `kriging`, in report order."""
-    return ["training_mean", *FORESTS, *([f"{name}_kriged" for name in FORESTS] if kriging != "none" else [])]
+    return ["training_mean", *FORESTS, *([f"{name}_kriged" for name in FORESTS] if kriging != "none" else []),
+            "qrf"]
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Each baseline's predictions of each run's test rows ([K, N], NaN where a row is not test in that
+    run), the bounds of those with an interval, and the leaf sizes chosen."""
+
+    predictions: dict[str, np.ndarray]
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (lower, upper), each [K, N]
+    chosen: dict[str, dict]  # forest -> {"min_samples_leaf": [per run]}
+
+
+def quantile_forest(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, leaf: int, cfg: EvaluateConfig,
+                    seed: int) -> np.ndarray:
+    """[3, M] the mean and the bounds of the `cfg.interval` interval of a quantile regression forest."""
+    forest = RandomForestQuantileRegressor(n_estimators=cfg.rf_trees, min_samples_leaf=leaf, max_features=1 / 3,
+                                           n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
+    tail = (1.0 - cfg.interval) / 2.0
+    return np.vstack([forest.predict(x_test, quantiles="mean"),
+                      forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
 
 
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
-                         cfg: EvaluateConfig, xy: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+                         cfg: EvaluateConfig, xy: np.ndarray) -> Baselines:
     """Each baseline's prediction of each run's test rows, fitted on that run's training rows.
 
     Args:
         patches: [N, C, W, W, T]; static: [C] bool; targets: [N] g/kg.
-        roles: [K, N] role of every row in every run (train, val, test, buffer).
-        cfg: evaluate.* (rf_trees, rf_min_samples_leaf, seed, kriging, kriging_neighbours).
+        roles: [K, N] role of every row in every run (train, stop, val, test, buffer).
+        cfg: evaluate.* (rf_trees, rf_min_samples_leaf, seed, interval, kriging, kriging_neighbours).
         xy: [N, 2] row positions (metres).
-    Returns:
-        ({baseline: [K, N] predictions, NaN where the row is not test in that run},
-         {forest: {"min_samples_leaf": [per run]}}).
     """
     trees, leaf_sizes, seed, kriging = cfg.rf_trees, cfg.rf_min_samples_leaf, cfg.seed, cfg.kriging
     if not leaf_sizes:
@@ -78,17 +104,22 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
     features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
     runs, rows = roles.shape
     predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(kriging)}
+    bounds = {"qrf": (np.full((runs, rows), np.nan), np.full((runs, rows), np.nan))}
     chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
     for run in range(runs):
-        train, val, test = (roles[run] == role for role in ("train", "val", "test"))
+        train, stop, test = (roles[run] == role for role in ("train", "stop", "test"))
         predictions["training_mean"][run, test] = targets[train].mean()
         for name, x in features.items():
-            model, leaf = fit_forest(x[train], targets[train], x[val], targets[val], trees, leaf_sizes, seed + run)
+            model, leaf = fit_forest(x[train], targets[train], x[stop], targets[stop], trees, leaf_sizes, seed + run)
             predictions[name][run, test] = model.predict(x[test])
             chosen[name]["min_samples_leaf"].append(leaf)
             if kriging != "none":
                 field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging,
-                                           cfg.kriging_neighbours)
+                                          cfg.kriging_neighbours)
                 predictions[f"{name}_kriged"][run, test] = field.correct(predictions[name][run, test],
                                                                          *field.krige(xy[test]))
-    return predictions, chosen
+        x = features["rf_features"]
+        mean, lower, upper = quantile_forest(x[train], targets[train], x[test], chosen["rf_features"]["min_samples_leaf"][-1],
+                                             cfg, seed + run)
+        predictions["qrf"][run, test], bounds["qrf"][0][run, test], bounds["qrf"][1][run, test] = mean, lower, upper
+    return Baselines(predictions, bounds, chosen)

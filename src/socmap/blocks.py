@@ -19,14 +19,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from pyproj import CRS
 from tqdm import tqdm
 
 from socmap.config import Params
 from socmap.ensemble import Ensemble
 from socmap.errors import SocmapError
 from socmap.grid import GridSpec
+from socmap.ground import to_working, working_crs
 from socmap.launch import distributed
-from socmap.patches import fill_missing, fill_values, window_counts
+from socmap.patches import box_mean, fill_missing, fill_values, window_counts
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
 from socmap.zonal import SUMS, Polygons
@@ -47,18 +49,20 @@ class Window:
 @dataclass(frozen=True)
 class MapPlan:
     """What every block of a map run needs, decided once: the years and their time steps, the window
-    and its blocks, the fill values and the thresholds."""
+    and its blocks, the fill values, the thresholds and the CRS that kriging measures in."""
 
     years: tuple[int, ...]  # the map years, chronological
     needed: tuple[int, ...]  # every year any map needs, chronological
     year_steps: dict[int, slice]  # map year -> its time steps among `needed`
     window_size: int
+    context: int  # sample.context: pixels per side of the context means, 0 for none
     window: Window  # the region's window on the grid
     blocks: tuple[Window, ...]
     fill_values: tuple[float, ...]  # per band of data.bands, as the sample stage fills its patches
     min_valid_fraction: float
     block_size: int  # pixels per side of a block, at most
     batch_size: int  # pixels per prediction batch
+    working_crs: CRS  # the CRS of the kriging fields' positions, as the sample stage's x, y
     polygons: Polygons | None = None  # map.polygons on the grid: their means are summed up block by block
 
     @classmethod
@@ -69,13 +73,15 @@ class MapPlan:
         window = region_window(catalog.grid, region)
         fills = fill_values(catalog, params.sample.fill)
         polygons = None if params.map.polygons is None else Polygons.read(params.map.polygons, catalog.grid)
-        return cls(tuple(years), tuple(needed), year_steps, params.sample.window_size, window,
+        return cls(tuple(years), tuple(needed), year_steps, params.sample.window_size, params.sample.context, window,
                    tuple(split_blocks(window, params.map.block_size)), tuple(fills[b] for b in params.data.bands),
-                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size, polygons)
+                   params.sample.min_valid_fraction, params.map.block_size, params.map.batch_size,
+                   working_crs(catalog.grid.crs, region), polygons)
 
     @property
     def halo(self) -> int:
-        return self.window_size // 2
+        """Pixels read around a block: the window's, and the context means' beyond it."""
+        return self.window_size // 2 + self.context // 2
 
     @property
     def change(self) -> tuple[int, int] | None:
@@ -137,8 +143,9 @@ def predict_block(stack: np.ndarray, valid: np.ndarray, inside: np.ndarray, ense
     """Every member's prediction for every pixel of one block and map year.
 
     Args:
-        stack: filled [C, h + ws - 1, w + ws - 1, T_all], every year any map needs.
-        valid: bool, same shape, False where `stack` was filled.
+        stack: filled [C, h + ws - 1, w + ws - 1, T_all], every year any map needs (the bands, then
+            their context means).
+        valid: bool [bands, h + ws - 1, w + ws - 1, T_all], False where a band was filled.
         inside: bool [h, w], pixels inside the region.
 
     Returns:
@@ -151,7 +158,7 @@ def predict_block(stack: np.ndarray, valid: np.ndarray, inside: np.ndarray, ense
         year_stack = stack[..., steps]
         # valid values per pixel summed over bands and years, then over each pixel's window
         count = window_counts(valid[..., steps].sum(axis=(0, 3))[None], window_size)[0]  # [h, w]
-        fraction = count / (stack.shape[0] * window_size**2 * year_stack.shape[-1])
+        fraction = count / (valid.shape[0] * window_size**2 * year_stack.shape[-1])
         predicted = np.full((len(ensemble), *inside.shape), np.nan, dtype=np.float32)
         pixels = np.flatnonzero(inside & (fraction >= plan.min_valid_fraction))
         for start in range(0, len(pixels), plan.batch_size):
@@ -179,15 +186,17 @@ def dissimilarity_block(stack: np.ndarray, predicted: dict[int, np.ndarray], ens
 
 
 def polygon_block_sums(plan: MapPlan, block: Window, ensemble: Ensemble, predicted: dict[int, np.ndarray],
-                       centres: tuple[np.ndarray, np.ndarray], kriging_variance: np.ndarray | None,
+                       places: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                       kriging_variance: np.ndarray | None,
                        dissimilarity: dict[int, np.ndarray] | None) -> dict:
-    """Map year -> polygon -> the sums of one block's pixels (`Polygons.block_sums`)."""
+    """Map year -> polygon -> the sums of one block's pixels (`Polygons.block_sums`); `places`: the pixel
+    centres in the grid's CRS and in the working CRS."""
     rows, cols = np.mgrid[block.row_off:block.row_off + block.height, block.col_off:block.col_off + block.width]
     out = {}
     for year, members in predicted.items():
         inside_aoa = None if dissimilarity is None else dissimilarity[year] <= ensemble.applicability.threshold
         sigma = ensemble.shared_scale(members.mean(axis=0), kriging_variance)
-        out[year] = plan.polygons.block_sums(rows, cols, *centres, members, sigma, inside_aoa)
+        out[year] = plan.polygons.block_sums(rows, cols, *places, members, sigma, inside_aoa)
     return out
 
 
@@ -196,15 +205,29 @@ def map_block(catalog: RasterCatalog, region: Region, ensemble: Ensemble, plan: 
     """One block's output bands: read with its halo, fill, predict, krige, summarise; with polygons their
     sums too (under `socmap.zonal.SUMS`)."""
     filled, valid = fill_missing(read_halo(catalog, plan.needed, block, plan.halo), plan.fill_values, inplace=True)
+    filled, valid = with_context(filled, valid, plan)
     inside = region.mask(catalog.grid, block.row_off, block.col_off, block.height, block.width)
     predicted = predict_block(filled, valid, inside, ensemble, plan)
     dissimilarity = None if ensemble.applicability is None else dissimilarity_block(filled, predicted, ensemble, plan)
-    x, y = catalog.grid.centres(block.row_off, block.col_off, block.height, block.width)
+    centres = catalog.grid.centres(block.row_off, block.col_off, block.height, block.width)
+    x, y = to_working(*centres, catalog.grid.crs, plan.working_crs)
     kriging_variance = ensemble.krige(predicted, x, y)
     out = ensemble.bands(predicted, plan.change, kriging_variance, dissimilarity)
     if plan.polygons is not None:
-        out[SUMS] = polygon_block_sums(plan, block, ensemble, predicted, (x, y), kriging_variance, dissimilarity)
+        out[SUMS] = polygon_block_sums(plan, block, ensemble, predicted, (centres, (x, y)),
+                                      kriging_variance, dissimilarity)
     return out
+
+
+def with_context(filled: np.ndarray, valid: np.ndarray, plan: MapPlan) -> tuple[np.ndarray, np.ndarray]:
+    """A block read with the plan's halo, cut to the window's halo, with each band's context mean (as the
+    sample stage computes it, `socmap.patches.box_mean`) as one more channel each."""
+    if not plan.context:
+        return filled, valid
+    cut = plan.context // 2
+    means = [np.moveaxis(box_mean(np.moveaxis(band, -1, 0), plan.context), 0, -1) for band in filled]
+    inner = filled[:, cut:-cut, cut:-cut]
+    return np.concatenate([inner, np.stack(means)]), valid[:, cut:-cut, cut:-cut]
 
 
 def map_blocks(catalog: RasterCatalog, region: Region, ensemble: Ensemble,

@@ -6,7 +6,7 @@ with ``torch.load(weights_only=True)`` only.
 
 A model checkpoint (models/run_{k}.pt, models/best.pt) is a dict with
 ``format`` (FORMAT), ``model`` (build_model's arguments: name, bands, window_size,
-hidden_size, num_layers, dropout, plus band_names, time_before and tta),
+hidden_size, num_layers, dropout, plus band_names, time_before and views),
 ``state_dict``, ``features`` (FeatureNorm.to_dict), ``target`` (TargetTransform.to_dict),
 ``params`` (the train stage's params, `socmap.train.STAGE_PARAMS`), ``run``, ``epoch`` and
 ``val_metrics``. Resume checkpoints add the optimiser and scheduler states.
@@ -24,7 +24,7 @@ import torch
 from socmap.errors import SocmapError
 from socmap.io import atomic_path
 
-FORMAT = "socmap-checkpoint/2"  # 2: the model spec holds tta
+FORMAT = "socmap-checkpoint/3"  # 3: the model spec holds the symmetries predictions average (views)
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:

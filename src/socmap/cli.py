@@ -22,6 +22,7 @@ STAGES = {
     "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
     "train": ("socmap.train", "train one model per split run into models/"),
     "evaluate": ("socmap.evaluate", "test metrics, baselines and intervals into metrics/evaluate/"),
+    "bundle": ("socmap.bundle", "the ensemble the map needs, one folder: data/ensemble/ (the model artifact)"),
     "map": ("socmap.mapping", "SOC maps as Cloud-Optimized GeoTIFFs into data/maps/"),
 }
 
@@ -43,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: int) -> None:
+    """One line per message: time, module, message (the train stage's worker processes log so too)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         from socmap.config import load_params
 

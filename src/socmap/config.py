@@ -24,7 +24,7 @@ import yaml
 from socmap import paths
 from socmap.errors import SocmapError
 from socmap.io import read_text
-from socmap.validation import Invalid, bounds, build
+from socmap.validation import Invalid, bounds, build, check_pattern, inside, parse_crs
 
 BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
 
@@ -35,11 +35,22 @@ BAVARIA_BBOX = (8.97, 47.27, 13.84, 50.56)
 @dataclass(frozen=True)
 class RastersConfig:
     dir: str = str(paths.world_data() / paths.WORLD_RASTERS)
+    # path patterns under dir: without {band}, one file holds the bands as layers named by their
+    # descriptions; a * reads every matching tile as one mosaic
     yearly: str = "{band}/{year}.tif"
     static: str = "{band}/static.tif"
     reference: Optional[str] = None  # band whose grid all others are aligned to; None: first yearly band
     resampling: Literal["bilinear", "cubic", "average", "nearest"] = "bilinear"
     missing_years: Literal["nearest", "mean"] = "nearest"  # how a band missing for a year is filled
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """`data.grid`: the analysis grid every raster is read onto; each null key is the reference band's."""
+
+    crs: Optional[str] = None  # e.g. EPSG:25832
+    resolution: Optional[float] = field(default=None, metadata=bounds(gt=0))  # pixel size in units of crs
+    extent: Optional[tuple[float, ...]] = field(default=None, metadata=bounds(length=4))  # west, south, east, north
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class RegionConfig:
 @dataclass(frozen=True)
 class DataConfig:
     rasters: RastersConfig = RastersConfig()
+    grid: GridConfig = GridConfig()
     bands: tuple[str, ...] = (
         "Elevation", "LAI", "LST", "MODIS_NPP", "SoilEvaporation", "TotalEvapotranspiration",
     )
@@ -160,6 +172,9 @@ class SampleConfig:
     early_years: Literal["drop", "fill"] = "drop"
     fill: Literal["mean", "zero"] = "mean"  # value for nodata pixels and pixels beyond the edge
     min_valid_fraction: float = field(default=0.5, metadata=bounds(ge=0, le=1))
+    # pixels per side of a wider neighbourhood whose band means join each patch as one more channel per band
+    # (the context beyond the window: relief over several km); 0: none
+    context: int = field(default=0, metadata=bounds(ge=0, le=201, odd=True, off=0))
 
 
 @dataclass(frozen=True)
@@ -168,15 +183,15 @@ class SplitConfig:
     mode: Literal["holdout", "kfold"] = "holdout"
     folds: int = field(default=5, metadata=bounds(ge=2, le=50))
     test_ratio: float = field(default=0.1, metadata=bounds(gt=0, lt=1))
-    target_val_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))
+    stop_ratio: float = field(default=0.08, metadata=bounds(gt=0, lt=1))  # of a run's training rows: early stopping
     distance_threshold: float = field(default=1.2, metadata=bounds(ge=0))  # km
-    test_block_km: float = field(default=20.0, metadata=bounds(gt=0))
-    strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of validation
+    test_block_km: float = field(default=10.0, metadata=bounds(gt=0))
+    strata: int = field(default=10, metadata=bounds(ge=1, le=100))  # target quantile strata of the stop rows
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal["refitted_cov_lstm", "cnn", "lstm"] = "refitted_cov_lstm"
+    model: Literal["refitted_cov_lstm", "cnn", "lstm", "attention"] = "refitted_cov_lstm"
     loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
     loss_alpha: float = field(default=0.5, metadata=bounds(ge=0, le=1))
     loss_sigma: float = field(default=3.0, metadata=bounds(gt=0))  # g/kg, floor of the per-row uncertainty
@@ -186,12 +201,14 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata=bounds(ge=0))
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     batch_size: int = field(default=256, metadata=bounds(ge=1))
-    epochs: int = field(default=60, metadata=bounds(ge=1))
+    epochs: int = field(default=40, metadata=bounds(ge=1))
     patience: int = field(default=15, metadata=bounds(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
-    augment: bool = True  # random rotations and mirrors of the window in every training batch
-    tta: Literal[1, 2, 4, 8] = 4  # window symmetries averaged in validation and every prediction
+    # window symmetries every training batch is drawn from: none | mirror (east-west: north stays up) |
+    # turns (quarter turns) | dihedral (turns and mirrors)
+    augment: Literal["none", "mirror", "turns", "dihedral"] = "dihedral"
+    tta: bool = True  # predictions (validation, evaluate, map) average over the window symmetries of augment
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=bounds(ge=1))
     balance_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))
@@ -202,9 +219,11 @@ class TrainConfig:
     # fp32: full precision; fp16 / bf16 on GPU only. Not "no": `dvc exp run -S` writes it unquoted, YAML reads False
     mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = field(default=1, metadata=bounds(ge=0))  # torch CPU threads per process; 0: one per core
+    parallel_runs: int = field(default=0, metadata=bounds(ge=0))  # runs trained side by side; 0: one per core
     num_processes: int = field(default=1, metadata=bounds(ge=1))  # >1: accelerate launch
     launch_args: str = ""  # extra `accelerate launch` arguments (machines, ranks, GPUs)
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))  # epochs between resume checkpoints
+    monitor: bool = False  # dvclive's system monitoring and HTML report in monitor/train/ (untracked)
 
 
 @dataclass(frozen=True)
@@ -254,8 +273,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw, source=str(path))
 
 
+# keys of earlier socmap versions, and what took their place
+RETIRED = {
+    "split.target_val_ratio": "validation is one fold per run now (the rows outside test in train.num_runs "
+                              "distance-matched folds); the share that chooses each run's epoch is split.stop_ratio",
+}
+
+
 def params_from_dict(raw: Any, source: str = "params") -> Params:
     """Build `Params` from a nested dict (as in params.yaml), validating every key."""
+    for key, instead in RETIRED.items():
+        section, _, name = key.partition(".")
+        if isinstance(raw, dict) and isinstance(raw.get(section), dict) and name in raw[section]:
+            raise SocmapError(f"{source}: {key} is gone: {instead}; remove it")
     try:
         params = build(Params, raw, "")
         _check_consistency(params)
@@ -349,10 +379,13 @@ def _check_consistency(p: Params) -> None:
         raise Invalid(f"data.rasters.reference = {d.rasters.reference!r}: must be one of data.bands "
                        f"({', '.join(d.bands)}) or null")
     for key in ("yearly", "static"):
-        pattern = getattr(d.rasters, key)
-        needed = ("{band}", "{year}") if key == "yearly" else ("{band}",)
-        if not all(n in pattern for n in needed):
-            raise Invalid(f"data.rasters.{key} = {pattern!r}: must contain {' and '.join(needed)}")
+        check_pattern(getattr(d.rasters, key), f"data.rasters.{key}", required=("year",) if key == "yearly" else (),
+                      allowed=("band", "year") if key == "yearly" else ("band",))
+    _check_grid(d.grid)
+    if d.region.boundary is not None and not inside(d.region.boundary, paths.REGION):
+        raise Invalid(f"data.region.boundary = {d.region.boundary!r}: must be a file under {paths.REGION}/ "
+                       f"(e.g. {paths.REGION}/bavaria.gpkg), the folder that sample, evaluate and map depend on "
+                       "in dvc.yaml, so that an edit of the file reruns them")
     for section, bbox in (("data.region.bbox", d.region.bbox), ("simulate.bbox", p.simulate.bbox)):
         west, south, east, north = bbox
         if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
@@ -363,9 +396,6 @@ def _check_consistency(p: Params) -> None:
     if p.sample.time_before > len(d.years):
         raise Invalid(f"sample.time_before = {p.sample.time_before}: longer than the {len(d.years)} years "
                        f"from data.first_year to data.last_year")
-    if p.split.test_ratio + p.split.target_val_ratio >= 1:
-        raise Invalid(f"split.test_ratio + split.target_val_ratio = "
-                       f"{p.split.test_ratio + p.split.target_val_ratio:g}: must be < 1")
     _check_simulate(p.simulate, "simulate.")
     for name in p.simulate.worlds:
         _check_simulate(p.simulate.world(name), f"simulate.worlds.{name}.")
@@ -375,6 +405,17 @@ def _check_consistency(p: Params) -> None:
         if not d.first_year + p.sample.time_before - 1 <= year <= d.last_year:
             raise Invalid(f"map.years has {year}: must be in {d.first_year + p.sample.time_before - 1}"
                            f"..{d.last_year} so that its {p.sample.time_before}-year window fits the data")
+
+
+def _check_grid(g: GridConfig) -> None:
+    """data.grid: a CRS that parses and an extent with west < east and south < north."""
+    if g.crs is not None:
+        parse_crs(g.crs, "data.grid.crs")
+    if g.extent is not None:
+        west, south, east, north = g.extent
+        if not (west < east and south < north):
+            raise Invalid(f"data.grid.extent = {list(g.extent)!r}: must be [west, south, east, north] in the "
+                           "units of data.grid.crs, with west < east and south < north")
 
 
 def _check_simulate(s: SimulateConfig, prefix: str) -> None:
@@ -402,14 +443,7 @@ def _check_simulate(s: SimulateConfig, prefix: str) -> None:
 
 def _check_crs(crs: str, key: str) -> None:
     """A CRS the simulation can build in (projected, in metres) or publish to by warping (EPSG:4326)."""
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        parsed = CRS.from_user_input(crs)
-    except CRSError:
-        raise Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
-                       "or EPSG:4326") from None
+    parsed = parse_crs(crs, key)
     metric = parsed.is_projected and all(axis.unit_name == "metre" for axis in parsed.axis_info)
     if not (metric or parsed.to_epsg() == 4326):
         raise Invalid(f"{key} = {crs!r}: must be a projected CRS in metres (e.g. EPSG:25832, EPSG:3035) "

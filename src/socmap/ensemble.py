@@ -2,7 +2,8 @@
 interval calibration they share; with the evaluate stage's reference of the dissimilarity index
 (`socmap.applicability`) and the errors that places and years share (`socmap.correlation`).
 
-A map pixel is predicted by every member (`Ensemble.predict`), each member's prediction is
+A map pixel is predicted by every member (`Ensemble.predict`, all members and test-time views in one
+batched forward pass: `socmap.stacked`), each member's prediction is
 regression-kriged from its own run's training residuals (`Ensemble.krige`) exactly as the evaluate
 stage scores it, and the figures of the pixel are the members' mean, their spread (ddof 1, as the
 calibration uses), the calibrated interval around the mean, its dissimilarity index and whether it
@@ -13,6 +14,7 @@ difference and whether it is detectable.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +30,7 @@ from socmap.io import read_json
 from socmap.kriging import ResidualField, load_fields
 from socmap.metrics import spread
 from socmap.predict import Predictor, load_ensemble
+from socmap.stacked import StackedEnsemble
 
 
 class Ensemble:
@@ -46,6 +49,11 @@ class Ensemble:
         by_run = dict(enumerate(fields))  # the evaluate stage writes one field per run, in run order
         self.fields = [by_run[member.run] for member in self.members] if fields else []
 
+    @cached_property
+    def model(self) -> StackedEnsemble:
+        """Every member and test-time view as one batched model, built at the first prediction."""
+        return StackedEnsemble(self.members)
+
     @classmethod
     def load(cls, device: str | torch.device | None = None, models: str | os.PathLike = paths.MODELS,
              calibration: str | os.PathLike = paths.CALIBRATION,
@@ -60,20 +68,19 @@ class Ensemble:
         return len(self.members)
 
     def check(self, bands: Sequence[str], window_size: int, time_before: int) -> None:
-        """The members must have been trained on the bands, window and years that params.yaml names."""
+        """The members must have been trained on the channels (`socmap.patches.channel_names`), window and
+        years that params.yaml names."""
         expected = (list(bands), window_size, time_before)
         for member in self.members:
             found = (list(member.spec.band_names), member.spec.window_size, member.spec.time_before)
             if found != expected:
-                raise SocmapError(f"{member.source}: trained on bands {found[0]}, sample.window_size = {found[1]}, "
+                raise SocmapError(f"{member.source}: trained on channels {found[0]}, sample.window_size = {found[1]}, "
                                   f"sample.time_before = {found[2]}, but params.yaml has {expected[0]}, "
                                   f"{expected[1]}, {expected[2]}; rerun `socmap sample`, `split` and `train`")
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         """Each member's prediction (g/kg) for a batch of raw patches: [B, C, ws, ws, T] -> float32 [M, B]."""
-        x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.members[0].device)  # moved once for all
-        with torch.inference_mode():
-            return np.stack([member.predict_tensor(x).float().cpu().numpy() for member in self.members])
+        return self.model.predict_tensor(torch.from_numpy(np.ascontiguousarray(patches))).float().cpu().numpy()
 
     def dissimilarity(self, patches: np.ndarray) -> np.ndarray:
         """The dissimilarity index of raw patches [B, C, ws, ws, T] -> [B] (`Applicability.dissimilarity`)."""
@@ -96,11 +103,14 @@ class Ensemble:
         xy = np.stack([x[predicted_any], y[predicted_any]], axis=1)
         variance = np.ones(x.shape)
         variance[predicted_any] = 0.0
+        kriged: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # a field several members share is kriged once
         for member, field in enumerate(self.fields):
-            kriged, member_variance = field.krige(xy)
+            if id(field) not in kriged:
+                kriged[id(field)] = field.krige(xy)
+            residual, member_variance = kriged[id(field)]
             variance[predicted_any] += member_variance / len(self.fields)
             for values in predicted.values():
-                values[member, predicted_any] = field.correct(values[member, predicted_any], kriged,
+                values[member, predicted_any] = field.correct(values[member, predicted_any], residual,
                                                               member_variance)
         return variance
 

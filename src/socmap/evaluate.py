@@ -3,13 +3,13 @@
 Every run's checkpoint predicts every row; with `evaluate.kriging` on, the predictions are
 regression-kriged from each run's own training residuals (`socmap.kriging.krige_runs`) before
 anything is scored, and the fields go to the map stage. The baselines are fitted on each run's
-training rows (`socmap.baselines`), the figures computed by `socmap.scoring.score`, the pictures
-drawn by `socmap.plots`.
+training rows (`socmap.baselines`), the figures computed by `socmap.scoring.score` (every one in
+plots/evaluate/details.json, the `headline` to compare experiments on in metrics.json), the pictures
+drawn by `socmap.plots`. A simulated world's truth comes from the sample stage (`socmap.truth`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,11 +22,22 @@ from socmap.baselines import baseline_predictions
 from socmap.correlation import ErrorCorrelation
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
-from socmap.kriging import ResidualField, krige_runs, require_projected, save_fields
-from socmap.plots import plot_residual_map, plot_scatter, plot_variograms
-from socmap.scoring import Truth, coverage_curve, error_by_year, score
+from socmap.kriging import ResidualField, krige_runs, save_fields
+from socmap.patches import is_static
+from socmap.plots import plot_coverage_by, plot_residual_map, plot_scatter, plot_variograms
+from socmap.scoring import Design, coverage_by, coverage_by_distance, coverage_curve, error_by_year, headline, score
+from socmap.truth import load_truth
 
 log = logging.getLogger(__name__)
+
+
+def read_design(split: pd.DataFrame, row_ids: np.ndarray, runs: int, mode: str) -> Design:
+    """The roles [runs, N] of each sample row (in samples order) in each run and each row's test block;
+    checks split.parquet covers them."""
+    roles = roles_matrix(split, row_ids, runs)
+    tested = split[split["role"] == "test"].drop_duplicates("row_id").set_index("row_id")["block"]
+    blocks = tested.reindex(row_ids).fillna(-1).to_numpy(np.int64)
+    return Design(mode, roles, blocks)
 
 
 def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndarray:
@@ -42,97 +53,83 @@ def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndar
     return table.loc[row_ids].to_numpy().T.astype(str)
 
 
-def load_truth(points_path: str | Path, samples: pd.DataFrame) -> Truth | None:
-    """The noise-free truth per sample row and the oracle figures, if a simulated world lies beside the points.
-
-    The rule: a truth.parquet in the directory of `data.points.path` marks a simulated world (simulate writes
-    them side by side); real data have none, and the ceiling is skipped.
-    """
-    folder = Path(points_path).parent
-    path = folder / paths.WORLD_TRUTH
-    if not path.exists():
-        return None
-    truth = pd.read_parquet(path).set_index("row_id")
-    missing = np.setdiff1d(samples["row_id"], truth.index)
-    if missing.size:
-        raise SocmapError(f"{path}: no row_id {missing[0]} of {paths.SAMPLES}; the truth belongs "
-                          f"to another world: rerun `socmap simulate` and the stages after it")
-    truth = truth.loc[samples["row_id"]]
-    if not np.array_equal(truth["year"].to_numpy(), samples["year"].to_numpy()):
-        raise SocmapError(f"{path}: years differ from {paths.SAMPLES} for the same row_id; "
-                          f"rerun the stages after `socmap simulate`")
-    oracle_path = folder / paths.WORLD_ORACLE
-    oracle = json.loads(oracle_path.read_text()) if oracle_path.exists() else None
-    return Truth(truth.reset_index(), oracle)
-
-
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame, outline: list,
                   fields: list[ResidualField] = (), root: Path = Path(".")) -> None:
-    """metrics.json through dvclive, plot data and PNGs (with kriging `fields`, their variograms; with the
-    test rows' DI, the error profiles), the calibration and the fields, under the project `root`; each
-    written atomically."""
+    """metrics.json (the `headline` of `summary`) through dvclive; every figure (details.json), plot data and
+    PNGs (with kriging `fields`, their variograms; with the test rows' DI, the error profiles), the
+    calibration and the fields, under the project `root`; each written atomically."""
     from dvclive import Live  # dvclive reads git and DVC state at import; only the stage needs it
 
     with atomic_path(root / paths.EVALUATE_PLOTS) as tmp:
         tmp.mkdir()
+        write_json(tmp / paths.EVALUATE_DETAILS.name, summary)
         table.to_csv(tmp / "predictions.csv", index=False)
         error_by_year(table).to_csv(tmp / "error_by_year.csv", index=False)
-        coverage_curve(table, calibration, ensemble=summary["mode"] == "holdout").to_csv(tmp / "coverage.csv",
-                                                                                        index=False)
+        ensemble = summary["mode"] == "holdout"
+        coverage_curve(table, calibration, ensemble).to_csv(tmp / "coverage.csv", index=False)
+        by = coverage_by(table, calibration, ensemble)
+        by.to_csv(tmp / "coverage_by.csv", index=False)
+        coverage_by_distance(by).to_csv(tmp / "coverage_by_distance.csv", index=False)
+        plot_coverage_by(by, float(calibration["interval"]), tmp / "coverage_by_distance.png")
         plot_scatter(table, summary, tmp / "predicted_vs_observed.png")
         plot_residual_map(table, samples, outline, tmp / "residual_map.png")
         if "dissimilarity" in table:
             for column, name in (("dissimilarity", "error_by_dissimilarity"), ("distance_km", "error_by_distance")):
                 error_profile(table, column, summary["interval"]).to_csv(tmp / f"{name}.csv", index=False)
-        if fields:
-            plot_variograms(fields, tmp / "variogram.png")
+        plot_variograms(list({id(f): f for f in fields}.values()), tmp / "variogram.png")
     save_fields(root / paths.KRIGING_FIELDS, fields)
     write_json(root / paths.CALIBRATION, calibration)
     with atomic_path(root / paths.EVALUATE_METRICS) as tmp:
         live = Live(dir=str(tmp), dvcyaml=False, save_dvc_exp=False)
-        live.summary = summary
+        live.summary = headline(summary)
         live.end()
 
 
 def main(params) -> None:
-    """Read patches, samples, split and models/run_*.pt; write metrics/evaluate/, plots/evaluate/, data/evaluate/
-    (the interval calibration, the kriging fields, the DI's reference and the errors places and years share)."""
+    """Read patches, samples (with their truth), split and models/run_*.pt; write metrics/evaluate/,
+    plots/evaluate/ (details.json, the plot data and pictures), data/evaluate/ (the interval calibration, the
+    kriging fields, the DI's reference and the errors places and years share)."""
     from socmap.predict import load_ensemble
     from socmap.region import Region
+    from socmap.stacked import StackedEnsemble
 
     cfg = params.evaluate
-    grid_crs = read_json(paths.REPORT, "sample")["grid"]["crs"]
-    require_projected(grid_crs, cfg.kriging, paths.REPORT)
+    report = read_json(paths.REPORT, "sample")
+    working = report.get("working_crs")  # the CRS of the samples' x, y
+    if working is None:
+        raise SocmapError(f"{paths.REPORT}: no working_crs (written by an older socmap); rerun `socmap sample`")
     samples = pd.read_parquet(paths.SAMPLES)
     patches = np.load(paths.PATCHES, mmap_mode="r")
     predictors = load_ensemble(paths.MODELS)
-    roles = roles_matrix(pd.read_parquet(paths.SPLIT), samples["row_id"].to_numpy(), len(predictors))
+    design = read_design(pd.read_parquet(paths.SPLIT), samples["row_id"].to_numpy(), len(predictors),
+                         params.split.mode)
     targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
-    unkriged = np.stack([p.predict(patches, cfg.batch_size) for p in predictors])
-    predictions, kriging = krige_runs(xy, targets, unkriged, roles, cfg.kriging, cfg.kriging_neighbours)
-    static = np.isin(list(predictors[0].spec.band_names), params.data.static_bands)
-    baselines, chosen = baseline_predictions(patches, static, targets, roles, cfg, xy)
-    truth = load_truth(params.data.points.path, samples)
+    unkriged = StackedEnsemble(predictors).predict(patches, cfg.batch_size)  # [runs, N]
+    predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.mode, cfg,
+                                      params.split.distance_threshold * 1000.0)
+    static = np.array([is_static(name, params.data.static_bands) for name in predictors[0].spec.band_names])
+    baselines = baseline_predictions(patches, static, targets, design.roles, cfg, xy)
+    truth = load_truth(samples, report)
     if truth is None:
-        log.info("no truth.parquet beside %s: real data, no ceiling", params.data.points.path)
-    summary, table, calibration = score(samples, predictions, roles, baselines, params.split.mode, cfg, truth,
-                                        kriging)
-    for name, choice in chosen.items():
+        log.info("%s has no rows: real data, no ceiling", paths.TRUTH)
+    summary, table, calibration = score(samples, predictions, design, baselines, cfg, truth, kriging)
+    for name, choice in baselines.chosen.items():
         summary["baselines"][name].update(choice)
     # where the map can be trusted: the DI's reference and threshold, the errors places and years share
-    applicability, cv_di, features = fit_applicability(predictors, patches, targets, roles, static, cfg.batch_size,
-                                                       cfg.seed)
-    table = test_applicability(table, applicability, features, xy, roles,
+    applicability, cv_di, features = fit_applicability(predictors, patches, targets, design.roles, static,
+                                                       cfg.batch_size, cfg.seed)
+    table = test_applicability(table, applicability, features, design.roles,
                                pd.Index(samples["row_id"]).get_indexer(table["row_id"]))
     summary.update(applicability_metrics(table, applicability, predictors[0].spec.band_names, cv_di, cfg.interval))
-    correlation = ErrorCorrelation.fit(samples, predictions, roles, calibration, kriging)
+    correlation = ErrorCorrelation.fit(samples, predictions, design.roles, calibration, kriging)
     summary["error_correlation"] = correlation.to_dict()
     applicability.save(paths.APPLICABILITY)
     write_json(paths.ERROR_CORRELATION, correlation.to_dict())
     fields = [] if kriging is None else kriging.fields
-    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(grid_crs),
+    write_outputs(summary, table, calibration, samples, Region.from_config(params.data.region).outline(working["crs"]),
                   fields)
-    log.info("test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f (nominal %.2f); "
-             "baselines r2 %s", params.split.mode, summary["n"], summary["r2"],
+    log.info("validation r2 %.3f; test (%s, n %d): r2 %.3f (unkriged %s), rmse %.2f g/kg, bias %+.2f, picp %.3f "
+             "(nominal %.2f); baselines r2 %s", headline(summary)["val_r2"], params.split.mode, summary["n"],
+             summary["r2"],
              f"{summary['kriging']['unkriged']['r2']:.3f}" if fields else "-", summary["rmse"], summary["bias"],
              summary["picp"], cfg.interval, ", ".join(f"{k} {v['r2']:.3f}" for k, v in summary["baselines"].items()))

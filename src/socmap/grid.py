@@ -7,11 +7,13 @@ simulated world's grids, the maps' windows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
 
 NODATA = -9999.0  # the nodata value of every raster socmap writes (the simulated world's, the maps)
 
@@ -34,6 +36,32 @@ class GridSpec:
     def res(self) -> tuple[float, float]:
         """Pixel size (x, y), positive, in CRS units."""
         return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) of a north-up grid, in CRS units."""
+        t = self.transform
+        return t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f
+
+    def regridded(self, crs: str | CRS, res: float | None = None,
+                  extent: tuple[float, float, float, float] | None = None) -> GridSpec:
+        """A north-up grid in `crs` of square `res` pixels (None: this grid's x pixel size) over `extent`
+        (west, south, east, north in `crs`; None: this grid's bounds there, widened to whole pixels of
+        `res` counted from this grid's corner in its own CRS, or from the CRS origin in another, as
+        gdalwarp -tap does)."""
+        crs = CRS.from_user_input(crs)
+        res = self.res[0] if res is None else float(res)
+        if extent is None:
+            same = crs == self.crs
+            west, south, east, north = self.bounds if same else transform_bounds(self.crs, crs, *self.bounds,
+                                                                                  densify_pts=21)
+            x0, y0 = (self.transform.c, self.transform.f) if same else (0.0, 0.0)
+            west, east = x0 + math.floor((west - x0) / res) * res, x0 + math.ceil((east - x0) / res) * res
+            south, north = y0 + math.floor((south - y0) / res) * res, y0 + math.ceil((north - y0) / res) * res
+        else:
+            west, south, east, north = extent
+        width, height = math.ceil((east - west) / res - 1e-9), math.ceil((north - south) / res - 1e-9)
+        return GridSpec.north_up(crs, west, north, res, width, height)
 
     def index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row and column of the pixels holding points (x, y) in the grid's CRS; may lie off the grid."""

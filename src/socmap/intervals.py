@@ -53,7 +53,7 @@ def fit_calibration(observed: np.ndarray, predicted: np.ndarray, spread: np.ndar
     kappa = np.ones_like(predicted) if kappa is None else np.asarray(kappa, dtype=np.float64).ravel()
     if observed.size < 20:
         raise SocmapError(f"only {observed.size} validation rows to calibrate the intervals on; need at least 20 "
-                          f"(raise split.target_val_ratio or train.num_runs)")
+                          f"(raise train.num_runs or use more rows)")
     error = observed - predicted
     weight = 1.0 if runs >= 3 and bool(np.all(np.isfinite(spread))) else 0.0
     spread = weight * np.nan_to_num(spread)

@@ -19,7 +19,7 @@ covariate model in digital soil mapping, adds it back:
 
 A run's validation and test rows are never among its kriging data, so its validation figures, the
 interval calibration on them and the test figures all see the kriged prediction as the map does.
-Distances are Euclidean in the projected CRS of ``x, y`` (metres), as in the split.
+Distances are Euclidean in the metric working CRS of ``x, y`` (`socmap.ground`), as in the split.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ SPACES = choices(EvaluateConfig, "kriging")
 FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
 MAX_LAG_KM, LAG_KM = 60.0, 2.0  # the empirical variogram: pairs closer than MAX_LAG_KM in LAG_KM bins
 MIN_PAIRS = 30  # lag bins with fewer pairs are left out of the fit
+EXCLUDED_SPARE = 48  # neighbours looked up beyond `neighbours`, for the data nearer than a minimum distance
 CHUNK = 256  # locations per batch of kriging systems: about 2 MB of memory, whatever the region
 
 
@@ -105,16 +106,6 @@ def fit_variogram(xy: np.ndarray, residuals: np.ndarray) -> Variogram:
     return Variogram(nugget=max(float(nugget), 1e-3 * variance), sill=float(sill), range_km=float(range_km))
 
 
-def require_projected(crs: str, space: str, source: str) -> None:
-    """Kriging measures distances in metres: a grid in a geographic CRS (degrees) is an error, unless it is off."""
-    from rasterio.crs import CRS
-
-    if space != "none" and CRS.from_user_input(crs).is_geographic:
-        raise SocmapError(f"{source}: the grid CRS {crs} is geographic (degrees), but evaluate.kriging = {space} "
-                          f"needs distances in metres; give rasters in a projected CRS (e.g. EPSG:25832) or set "
-                          f"evaluate.kriging = none")
-
-
 def to_residuals(observed: np.ndarray, predicted: np.ndarray, space: str) -> np.ndarray:
     """Residuals in the kriging space: log ratio (log) or difference in g/kg (linear)."""
     observed, predicted = np.asarray(observed, np.float64), np.asarray(predicted, np.float64)
@@ -150,40 +141,62 @@ class ResidualField:
     def _tree(self) -> cKDTree:
         return cKDTree(self.xy / 1000.0)
 
-    def krige(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def subset(self, keep: np.ndarray) -> "ResidualField":
+        """The field of the data rows in `keep` (a mask over them), with the same variogram."""
+        return ResidualField(self.xy[keep], self.residuals[keep], self.variogram, self.space, self.neighbours)
+
+    def krige(self, xy: np.ndarray, min_distance_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Simple kriging at locations `xy` [M, 2] (metres): the residual's estimate [M] and the relative
-        kriging variance [M] (the error variance of the estimate over ``nugget + sill``, in (0, 1])."""
+        kriging variance [M] (the error variance of the estimate over ``nugget + sill``, in (0, 1]).
+
+        Data nearer a location than `min_distance_m` are left out of its system, as the split buffers
+        the training rows around a held-out row.
+        """
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         mean = float(self.residuals.mean())
         out, variance = np.full(len(xy), mean), np.ones(len(xy))
         if self.variogram.sill <= 0 or len(xy) == 0:
             return out, variance
-        index, weights, target = self.weights(xy)
+        index, weights, target = self.weights(xy, min_distance_m)
         out += np.einsum("mk,mk->m", weights, (self.residuals - mean)[index])
         variance = 1.0 - np.einsum("mk,mk->m", weights, target) / (self.variogram.nugget + self.variogram.sill)
         return out, variance
 
-    def weights(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def weights(self, xy: np.ndarray, min_distance_m: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The simple-kriging systems at locations `xy` [M, 2] (metres): the nearest `neighbours` rows
-        (index [M, k]), their weights [M, k] and their covariance with the location [M, k]."""
+        at least `min_distance_m` away (index [M, k]), their weights [M, k] and their covariance with the
+        location [M, k] (both 0 for the nearer rows a system leaves out)."""
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         k = min(self.neighbours, len(self.residuals))
-        index, weights, target = (np.empty((len(xy), k), dtype=dtype) for dtype in (np.int64, np.float64, np.float64))
-        diagonal = np.arange(k)
+        extra = min(len(self.residuals) - k, EXCLUDED_SPARE) if min_distance_m > 0 else 0
+        index = np.empty((len(xy), k + extra), dtype=np.int64)
+        weights, target = np.empty((len(xy), k + extra)), np.empty((len(xy), k + extra))
         for start in range(0, len(xy), CHUNK):
-            distance, near = self._tree.query(xy[start:start + CHUNK] / 1000.0, k)
-            distance, near = distance.reshape(len(distance), k), near.reshape(len(near), k)
-            px, py = self.xy[near, 0] / 1000.0, self.xy[near, 1] / 1000.0  # [m, k]
-            system, dy = px[:, :, None] - px[:, None, :], py[:, :, None] - py[:, None, :]  # [m, k, k]
-            np.hypot(system, dy, out=system)  # distances, then their covariance, in place
-            system *= -1.0 / self.variogram.range_km
-            np.exp(system, out=system)
-            system *= self.variogram.sill
-            system[:, diagonal, diagonal] += self.variogram.nugget
+            distance, near = self._tree.query(xy[start:start + CHUNK] / 1000.0, k + extra)
+            distance, near = distance.reshape(len(distance), k + extra), near.reshape(len(near), k + extra)
+            usable = distance >= min_distance_m / 1000.0
+            usable &= np.cumsum(usable, axis=1) <= k  # the k nearest beyond the minimum distance
             here = slice(start, start + len(near))
-            index[here], target[here] = near, self.variogram.covariance(distance)
-            weights[here] = np.linalg.solve(system, target[here][..., None])[..., 0]
+            index[here], target[here] = near, np.where(usable, self.variogram.covariance(distance), 0.0)
+            weights[here] = np.linalg.solve(self.system(near, usable), target[here][..., None])[..., 0]
         return index, weights, target
+
+    def system(self, index: np.ndarray, usable: np.ndarray) -> np.ndarray:
+        """[m, k, k] covariance matrices of the data rows `index` [m, k]; rows and columns of the data not
+        `usable` are those of the identity, so that they get no weight."""
+        px, py = self.xy[index, 0] / 1000.0, self.xy[index, 1] / 1000.0  # [m, k]
+        system, dy = px[:, :, None] - px[:, None, :], py[:, :, None] - py[:, None, :]  # [m, k, k]
+        np.hypot(system, dy, out=system)  # distances, then their covariance, in place
+        system *= -1.0 / self.variogram.range_km
+        np.exp(system, out=system)
+        system *= self.variogram.sill
+        diagonal = np.arange(index.shape[1])
+        system[:, diagonal, diagonal] += self.variogram.nugget
+        if not usable.all():
+            pair = usable[:, :, None] & usable[:, None, :]
+            system[~pair] = 0.0
+            system[:, diagonal, diagonal] = np.where(usable, system[:, diagonal, diagonal], 1.0)
+        return system
 
     def correct(self, predicted: np.ndarray, kriged: np.ndarray, variance: np.ndarray) -> np.ndarray:
         """The prediction with the residual `kriged` added back, or multiplied back in log space with the
@@ -204,53 +217,81 @@ class Kriging:
     """What regression kriging adds to the runs' predictions (`krige_runs`)."""
 
     unkriged: np.ndarray  # [K, N] the predictions before kriging, g/kg
-    fields: list[ResidualField]  # each run's
+    fields: list[ResidualField]  # the field of each run's test rows and map pixels (holdout: one for all)
     variance: np.ndarray  # [K, N] relative kriging variance of each run at each row
 
 
-def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, space: str,
-               neighbours: int) -> tuple[np.ndarray, Kriging | None]:
-    """Every run's predictions of every row, regression-kriged from that run's training residuals.
+def out_of_fold(predictions: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's prediction by the run that validated it (NaN where none did) and that run (−1)."""
+    runs, rows = np.nonzero(roles == "val")
+    oof, run_of = np.full(predictions.shape[1], np.nan), np.full(predictions.shape[1], -1)
+    oof[rows], run_of[rows] = predictions[runs, rows], runs
+    return oof, run_of
+
+
+def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, mode: str,
+               cfg: EvaluateConfig, threshold_m: float) -> tuple[np.ndarray, Kriging | None]:
+    """Every run's predictions, regression-kriged from residuals of rows the predicting model did not
+    train on (cross-fitted): the validation rows, each scored by the run that held it out.
+
+    holdout: one field of every validation row's residual serves every run's test rows (and the map);
+    a run's own validation rows are kriged from the other folds' residuals beyond `threshold_m`, as
+    the split buffers them. kfold: a run's field is its own validation rows' residuals, which its test
+    rows are kriged from; those rows themselves from the others beyond `threshold_m`.
 
     Args:
-        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N].
+        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N]; mode: split.mode.
+        cfg: evaluate.* (kriging, kriging_neighbours).
     Returns:
-        ([K, N] kriged predictions, what kriging added); with `space` none, the predictions and None.
+        ([K, N] kriged predictions, what kriging added); with kriging none, the predictions and None.
     """
+    space, neighbours = cfg.kriging, cfg.kriging_neighbours
     if space == "none":
         return predictions, None
-    fields, kriged, variance = [], np.empty_like(predictions), np.empty_like(predictions)
+    oof, run_of = out_of_fold(predictions, roles)
+    known = run_of >= 0
+    holdout = mode == "holdout"
+    pooled = ResidualField.fit(xy[known], targets[known], oof[known], space, neighbours) if holdout else None
+    kriged, variance, fields = np.empty_like(predictions), np.empty_like(predictions), []
     for run, predicted in enumerate(predictions):
-        train = roles[run] == "train"
-        field = ResidualField.fit(xy[train], targets[train], predicted[train], space, neighbours)
+        field = pooled if holdout else ResidualField.fit(xy[run_of == run], targets[run_of == run],
+                                                         oof[run_of == run], space, neighbours)
         residual, variance[run] = field.krige(xy)
+        own = roles[run] == "val"
+        held_out = field.subset(run_of[known] != run) if holdout else field
+        residual[own], variance[run, own] = held_out.krige(xy[own], threshold_m)
         kriged[run] = field.correct(predicted, residual, variance[run])
         fields.append(field)
     return kriged, Kriging(predictions, fields, variance)
 
 
 def save_fields(path: str | Path, fields: list[ResidualField]) -> None:
-    """Every run's field in one ``.npz`` (atomically), for the map stage."""
+    """Every run's field in one ``.npz`` (atomically), for the map stage; a field that serves several runs
+    is written once."""
+    number: dict[int, int] = {}  # id of a field -> its number in the file
+    run_field = np.array([number.setdefault(id(field), len(number)) for field in fields], dtype=np.int64)
+    distinct = list({id(field): field for field in fields}.values())
     arrays = {"space": np.array(fields[0].space if fields else "none"),
-              "neighbours": np.array(fields[0].neighbours if fields else 0)}
-    for run, field in enumerate(fields):
-        arrays[f"xy_{run}"] = field.xy
-        arrays[f"residuals_{run}"] = field.residuals
-        arrays[f"variogram_{run}"] = np.array([field.variogram.nugget, field.variogram.sill,
-                                               field.variogram.range_km])
+              "neighbours": np.array(fields[0].neighbours if fields else 0), "run_field": run_field}
+    for i, field in enumerate(distinct):
+        arrays[f"xy_{i}"] = field.xy
+        arrays[f"residuals_{i}"] = field.residuals
+        arrays[f"variogram_{i}"] = np.array([field.variogram.nugget, field.variogram.sill, field.variogram.range_km])
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
 
 def load_fields(path: str | Path) -> list[ResidualField]:
-    """The fields `save_fields` wrote, in run order; [] when kriging was off (evaluate.kriging = none)."""
+    """The field of every run that `save_fields` wrote, in run order (runs sharing a field share the object);
+    [] when kriging was off (evaluate.kriging = none)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             space, neighbours = str(data["space"]), int(data["neighbours"])
-            runs = sorted(int(name.split("_")[1]) for name in data.files if name.startswith("variogram_"))
-            return [ResidualField(data[f"xy_{k}"], data[f"residuals_{k}"], Variogram(*map(float, data[f"variogram_{k}"])),
-                                  space, neighbours) for k in runs]
+            distinct = [ResidualField(data[f"xy_{i}"], data[f"residuals_{i}"],
+                                      Variogram(*map(float, data[f"variogram_{i}"])), space, neighbours)
+                        for i in range(len(np.unique(data["run_field"])))]
+            return [distinct[i] for i in data["run_field"]]
     except FileNotFoundError:
         raise SocmapError(f"{path}: residual kriging fields not found; run `socmap evaluate` first") from None
     except (KeyError, ValueError, OSError) as error:

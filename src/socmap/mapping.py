@@ -28,6 +28,7 @@ from socmap.ensemble import Ensemble
 from socmap.grid import NODATA
 from socmap.io import atomic_path, write_json
 from socmap.launch import distributed
+from socmap.patches import channel_names
 from socmap.provenance import map_tags
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 
 # The params that decide a map's values (with the checkpoints and the calibration). map.block_size,
 # batch_size, num_processes and launch_args only decide how fast: the same map comes out.
-VALUE_PARAMS = ("data.rasters", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
-                "data.region", "sample.window_size", "sample.time_before", "sample.fill",
+VALUE_PARAMS = ("data.rasters", "data.grid", "data.bands", "data.static_bands", "data.first_year", "data.last_year",
+                "data.region", "sample.window_size", "sample.time_before", "sample.context", "sample.fill",
                 "sample.min_valid_fraction", "map.years")
 
 
@@ -103,7 +104,8 @@ def make_maps(catalog: RasterCatalog, region: Region, ensemble: Ensemble, params
 
     Returns what was written (on rank 0; nothing on the other ranks).
     """
-    ensemble.check(params.data.bands, params.sample.window_size, params.sample.time_before)
+    ensemble.check(channel_names(params.data.bands, params.sample.context), params.sample.window_size,
+                   params.sample.time_before)
     plan = MapPlan.build(params, catalog, region)
     if ensemble.correlation is None:
         plan = dataclasses.replace(plan, polygons=None)

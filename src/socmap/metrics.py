@@ -51,14 +51,22 @@ def spread(values: np.ndarray) -> np.ndarray | float:
     return values.std(axis=0, ddof=1)
 
 
-def interval_metrics(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> dict[str, float]:
-    """picp (share of observations inside [lower, upper]) and the mean interval width."""
+def interval_metrics(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                     level: float | None = None) -> dict[str, float]:
+    """picp (share of observations inside [lower, upper]), the mean interval width and, given the nominal
+    `level`, the interval score (Winkler; Gneiting and Raftery 2007): the width plus 2/α times how far an
+    observation falls outside, α = 1 − level; lower is better, and no interval wins by being wide or
+    narrow alone."""
     observed = np.asarray(observed, dtype=np.float64)
     lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-    return {
+    figures = {
         "picp": float(np.mean((observed >= lower) & (observed <= upper))),
         "interval_width": float(np.mean(upper - lower)),
     }
+    if level is not None:
+        miss = np.maximum(lower - observed, 0.0) + np.maximum(observed - upper, 0.0)
+        figures["interval_score"] = float(np.mean(upper - lower + 2.0 / (1.0 - level) * miss))
+    return figures
 
 
 def _as_pair(observed: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,16 @@
-"""The CNN-LSTM of the original (`RefittedCovLSTM`) and two ablations that drop one of its parts.
+"""The CNN-LSTM of the original (`RefittedCovLSTM`), two ablations that drop one of its parts, and the
+original's later temporal model.
 
-Every model takes patches ``[B, C, H, W, T]`` (bands in `data.bands` order, time
-chronological, the last step the survey year), already normalised, and returns
-one value per row ``[B]`` in the transformed target space.
+Every model takes patches ``[B, C, H, W, T]`` (channels as `socmap.patches.channel_names` gives them,
+time chronological, the last step the survey year), already normalised, and returns one value per
+row ``[B]`` in the transformed target space.
 
 - ``refitted_cov_lstm``: a small CNN on every year's patch, an LSTM over the
   years, and a head that joins the LSTM's last output with the CNN features of
   the survey year.
 - ``cnn``: the same CNN on the survey year only (no time series).
 - ``lstm``: the same LSTM on the centre pixel's time series only (no neighbourhood).
+- ``attention``: the same CNN on every year's patch, self-attention over the years.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from torch import nn
 
 from socmap.config import TrainConfig, choices
 from socmap.errors import SocmapError
+from socmap.transforms import GROUPS
 
 MODELS = choices(TrainConfig, "model")
 CNN_FEATURES = 128
+ATTENTION_HEADS = 4
+MAX_YEARS = 50  # the longest sample.time_before (its range in socmap.config)
 
 
 class PatchCNN(nn.Module):
@@ -97,6 +102,29 @@ class CentrePixelLSTM(nn.Module):
         return self.head(sequence[:, -1]).squeeze(1)  # [B]
 
 
+class YearAttention(nn.Module):
+    """The CNN on every year's patch and self-attention over the years (a transformer encoder, as in the
+    original's later temporal model), its survey-year output joined with the survey year's CNN features."""
+
+    def __init__(self, bands: int, window_size: int, hidden_size: int = 64, num_layers: int = 2,
+                 dropout: float = 0.25):
+        super().__init__()
+        self.cnn = PatchCNN(bands, window_size)
+        self.project = nn.Linear(CNN_FEATURES, hidden_size)
+        self.position = nn.Parameter(torch.zeros(1, MAX_YEARS, hidden_size))  # learnt, counted back from the survey year
+        layer = nn.TransformerEncoderLayer(hidden_size, ATTENTION_HEADS, 2 * hidden_size, dropout, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Linear(hidden_size + CNN_FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w, t = x.shape
+        frames = x.permute(0, 4, 2, 3, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # [B*T, C, H, W]
+        features = self.cnn(frames).reshape(b, t, CNN_FEATURES)  # [B, T, 128]
+        sequence = self.encoder(self.project(features) + self.position[:, MAX_YEARS - t:])  # [B, T, hidden]
+        return self.head(torch.cat([sequence[:, -1], features[:, -1]], dim=1)).squeeze(1)  # [B]
+
+
 def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
                 dropout: float = 0.25) -> nn.Module:
     """The model called `name` (train.model) for patches of `bands` × `window_size`² pixels."""
@@ -109,13 +137,19 @@ def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128,
         return RefittedCovLSTM(bands, window_size, hidden_size, num_layers, dropout)
     if name == "cnn":
         return SurveyYearCNN(bands, window_size)
+    if name == "attention":
+        if hidden_size % ATTENTION_HEADS:
+            raise SocmapError(f"train.hidden_size = {hidden_size}: train.model = attention splits it into "
+                              f"{ATTENTION_HEADS} heads, so it must be a multiple of {ATTENTION_HEADS}")
+        return YearAttention(bands, window_size, hidden_size, num_layers, dropout)
     return CentrePixelLSTM(bands, hidden_size, num_layers, dropout)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What a checkpoint needs to rebuild its model and check its input: the architecture and its
-    sizes, the bands by name, the years per patch and the test-time views (train.tta)."""
+    sizes, the bands by name, the years per patch and the window symmetries a prediction averages over
+    (train.augment's with train.tta, else the identity alone)."""
 
     name: str
     bands: int
@@ -125,13 +159,13 @@ class ModelSpec:
     dropout: float
     band_names: tuple[str, ...]
     time_before: int
-    tta: int
+    views: tuple[int, ...]
 
     @classmethod
     def from_params(cls, train_cfg: Any, bands: list[str], window_size: int, time_before: int) -> "ModelSpec":
         """The spec of train.* for patches of `bands` × `window_size`² pixels × `time_before` years."""
         return cls(train_cfg.model, len(bands), window_size, train_cfg.hidden_size, train_cfg.num_layers,
-                   train_cfg.dropout, tuple(bands), time_before, train_cfg.tta)
+                   train_cfg.dropout, tuple(bands), time_before, views(train_cfg))
 
     def build(self) -> nn.Module:
         """A freshly initialised model of this spec (the current torch seed draws its weights)."""
@@ -147,10 +181,15 @@ class ModelSpec:
         """Plain values, for a checkpoint (``weights_only`` loads no classes)."""
         return {"name": self.name, "bands": self.bands, "window_size": self.window_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-                "band_names": list(self.band_names), "time_before": self.time_before, "tta": self.tta}
+                "band_names": list(self.band_names), "time_before": self.time_before, "views": list(self.views)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelSpec":
         return cls(str(values["name"]), int(values["bands"]), int(values["window_size"]),
                    int(values["hidden_size"]), int(values["num_layers"]), float(values["dropout"]),
-                   tuple(values["band_names"]), int(values["time_before"]), int(values["tta"]))
+                   tuple(values["band_names"]), int(values["time_before"]), tuple(int(v) for v in values["views"]))
+
+
+def views(train_cfg: TrainConfig) -> tuple[int, ...]:
+    """The window symmetries a prediction averages over: train.augment's group with train.tta, else none."""
+    return GROUPS[train_cfg.augment] if train_cfg.tta else (0,)

@@ -55,13 +55,15 @@ def window_years(survey_years: np.ndarray, time_before: int, first_year: int) ->
 
 def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, survey_years: np.ndarray,
                     window_size: int, time_before: int, fill: Optional[str] = "mean",
-                    out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                    out: Optional[np.ndarray] = None, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """float32 [N, C, W, W, T] windows centred on grid pixels (rows, cols) over the `window_years`
     of each survey year, and how many of their pixels were nodata or off the grid.
 
     Each band is read once over the whole grid and all years, filled there with `fill_missing` (so
     the patches need no second pass), and every row is gathered from it with one fancy index over a
-    padded [H, W, year] view whose windows are the patches themselves.
+    padded [H, W, year] view whose windows are the patches themselves. With `context` (sample.context),
+    every band's mean over `context`² pixels around each pixel (`box_mean`) follows the bands as one
+    more channel each (`channel_names`): C is twice the bands.
 
     Args:
         rows, cols: [N] grid pixel of each row (on the grid).
@@ -70,16 +72,16 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
         out: optional array (a memmap, say) to write into.
 
     Returns:
-        (patches, int32 [N, C, T] count of filled pixels per row, band and time step).
+        (patches, int32 [N, bands, T] count of filled pixels per row, band and time step).
     """
     cfg = catalog.cfg
     rows, cols, survey_years = np.asarray(rows), np.asarray(cols), np.asarray(survey_years, dtype=np.int64)
     if survey_years.size and not (cfg.first_year <= survey_years.min() <= survey_years.max() <= cfg.last_year):
         raise ValueError(f"survey years must lie in {cfg.first_year}..{cfg.last_year}")
-    n, steps, radius = len(rows), time_before, window_size // 2
+    n, steps, radius, bands = len(rows), time_before, window_size // 2, len(cfg.bands)
     if out is None:
-        out = np.empty((n, len(cfg.bands), window_size, window_size, steps), dtype=np.float32)
-    invalid = np.zeros((n, len(cfg.bands), steps), dtype=np.int32)
+        out = np.empty((n, len(channel_names(cfg.bands, context)), window_size, window_size, steps), dtype=np.float32)
+    invalid = np.zeros((n, bands, steps), dtype=np.int32)
     if n == 0:
         return out, invalid
     layer = window_years(survey_years, steps, cfg.first_year) - cfg.first_year  # [N, T] into cfg.years
@@ -91,21 +93,55 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
                                   catalog.grid.width)  # [Ty, H, W]
         padded = np.pad(grid, ((0, 0), (radius, radius), (radius, radius)), constant_values=np.nan)
         counts = window_counts(np.isnan(padded), window_size)  # [Ty, H, W] NaN pixels per window
-        if fill is not None:
-            fill_missing(padded[None], [fill_value(catalog, band, fill)], inplace=True)  # [1, Ty, Hp, Wp]: one band
-        if static:
-            view = sliding_window_view(padded[0], (window_size, window_size))  # [H, W, w, w]
-            out[:, c] = view[rows, cols][..., None]  # [N, w, w, 1], repeated over T
-            invalid[:, c] = counts[0, rows, cols][:, None]
-            continue
-        # Years last, with T-1 copies of the first year in front: the window of survey year Y is then
-        # the T consecutive layers from Y - first_year, early years repeating the first.
-        by_year = np.moveaxis(padded, 0, -1)  # [Hp, Wp, Ty]
-        by_year = np.concatenate([np.repeat(by_year[..., :1], steps - 1, axis=-1), by_year], axis=-1)
-        view = sliding_window_view(by_year, (window_size, window_size, steps))  # [H, W, Ty, w, w, T]
-        out[:, c] = view[rows, cols, survey_years - cfg.first_year]  # [N, w, w, T]
-        invalid[:, c] = counts[layer, rows[:, None], cols[:, None]]
+        value = [fill_value(catalog, band, fill)] if fill is not None else None
+        if context:
+            wide = np.pad(grid, ((0, 0),) + ((radius + context // 2,) * 2,) * 2, constant_values=np.nan)
+            if value is not None:
+                fill_missing(wide[None], value, inplace=True)
+            out[:, bands + c] = gather(box_mean(wide, context), rows, cols, survey_years - cfg.first_year,
+                                       window_size, steps)
+        if value is not None:
+            fill_missing(padded[None], value, inplace=True)  # [1, Ty, Hp, Wp]: one band
+        out[:, c] = gather(padded, rows, cols, survey_years - cfg.first_year, window_size, steps)
+        invalid[:, c] = counts[0, rows, cols][:, None] if static else counts[layer, rows[:, None], cols[:, None]]
     return out, invalid
+
+
+def gather(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, layer: np.ndarray, window_size: int,
+           steps: int) -> np.ndarray:
+    """[N, w, w, T] windows of a band's padded [Ty, H + w − 1, W + w − 1] grid (Ty = 1: static, repeated over
+    T) at grid pixels (rows, cols), ending at year layer `layer` [N]."""
+    if len(padded) == 1:
+        view = sliding_window_view(padded[0], (window_size, window_size))  # [H, W, w, w]
+        return view[rows, cols][..., None]  # [N, w, w, 1], repeated over T
+    # Years last, with T-1 copies of the first year in front: the window of survey year Y is then the T
+    # consecutive layers from Y - first_year, early years repeating the first.
+    by_year = np.moveaxis(padded, 0, -1)  # [Hp, Wp, Ty]
+    by_year = np.concatenate([np.repeat(by_year[..., :1], steps - 1, axis=-1), by_year], axis=-1)
+    view = sliding_window_view(by_year, (window_size, window_size, steps))  # [H, W, Ty, w, w, T]
+    return view[rows, cols, layer]  # [N, w, w, T]
+
+
+def box_mean(values: np.ndarray, size: int) -> np.ndarray:
+    """float32 [T, H − size + 1, W − size + 1]: the mean over every size × size window of [T, H, W] values.
+
+    Each window's sums are taken on their own in float64 (rows, then columns), not as running sums,
+    so that a pixel's mean is the same bits whatever extent it is computed over: the map's blocks
+    give what the sample stage gives on the whole grid.
+    """
+    rows = sliding_window_view(np.asarray(values, dtype=np.float64), size, axis=1).sum(axis=-1)
+    return (sliding_window_view(rows, size, axis=2).sum(axis=-1) / size**2).astype(np.float32)
+
+
+def channel_names(bands: Sequence[str], context: int) -> list[str]:
+    """The model's input channels: the bands, then with sample.context each band's context mean
+    (``{band}~{context}``)."""
+    return [*bands, *([f"{band}~{context}" for band in bands] if context else [])]
+
+
+def is_static(channel: str, static_bands: Sequence[str]) -> bool:
+    """Whether a channel repeats over the years: a static band, or its context mean."""
+    return channel.split("~")[0] in static_bands
 
 
 def window_counts(mask: np.ndarray, window_size: int) -> np.ndarray:

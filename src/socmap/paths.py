@@ -8,28 +8,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# inputs: a boundary file (data.region.boundary) lies in this folder, which dvc.yaml lists as a dep of
+# every stage that reads the region (DVC has no optional deps: a null path cannot be one)
+REGION = Path("data/region")
+
 # sample
 PROCESSED = Path("data/processed")
 PATCHES = PROCESSED / "patches.npy"  # float32 [rows, bands, window, window, years]
 SAMPLES = PROCESSED / "samples.parquet"  # one row per patch, in patch order
-REPORT = PROCESSED / "report.json"  # rows read, kept, dropped by reason; fills; the grid
+REPORT = PROCESSED / "report.json"  # rows read, kept, dropped by reason; fills; the grid; the oracle figures
+TRUTH = PROCESSED / "truth.parquet"  # a simulated world's truth of the kept rows (no rows for real data)
+PREDICTION_POINTS = PROCESSED / "prediction_points.parquet"  # x, y of map pixels: where prediction happens
 
 # split
-SPLIT = Path("data/splits/split.parquet")  # row_id, run, role
+SPLIT = Path("data/splits/split.parquet")  # row_id, run, role, block
+SPLIT_DETAIL = Path("data/splits/detail.json")  # per run: sizes, distances, the kNNDM choice
 SPLIT_METRICS = Path("metrics/split.json")
+SPLIT_PLOTS = Path("plots/split")
 
 # train
 MODELS = Path("models")  # run_{k}.pt, best.pt
 TRAIN_METRICS = Path("metrics/train")  # dvclive: metrics.json, plots/
-RESUME = Path("resume/train")  # run_{k}.pt training states, emptied once training completes
+TRAIN_CURVES = Path("plots/train/curves.csv")  # every run's epochs, one row each (in DVC: run-cache)
+RESUME = Path("resume/train")  # run_{k}.pt training states, emptied once training completes; not a DVC output
+TRAIN_MONITOR = Path("monitor/train")  # train.monitor: dvclive's system log and HTML report; untracked
 
 # evaluate
 EVALUATE_METRICS = Path("metrics/evaluate")  # dvclive: metrics.json
-EVALUATE_PLOTS = Path("plots/evaluate")
+EVALUATE_PLOTS = Path("plots/evaluate")  # predictions.csv and the other plot data, PNGs
+EVALUATE_DETAILS = EVALUATE_PLOTS / "details.json"  # every figure of the stage (metrics.json: the headline)
 CALIBRATION = Path("data/evaluate/calibration.json")  # the interval calibration, read by the map stage
 KRIGING_FIELDS = Path("data/evaluate/kriging.npz")  # every run's residual field, read by the map stage
 APPLICABILITY = Path("data/evaluate/applicability.npz")  # the DI's reference set and AOA threshold, for the map
 ERROR_CORRELATION = Path("data/evaluate/error_correlation.json")  # errors shared by places and years, for the map
+
+# bundle: the ensemble the map needs, one folder (dvc.yaml's model artifact)
+ENSEMBLE = Path("data/ensemble")  # run_{k}.pt, best.pt, calibration.json, kriging.npz
 
 # map
 MAPS = Path("data/maps")  # soc_{year}.tif, soc_change_{first}_{last}.tif

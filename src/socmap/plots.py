@@ -83,9 +83,47 @@ def plot_residual_map(table: pd.DataFrame, samples: pd.DataFrame, outline: list,
     save_figure(fig, path, dpi=110)
 
 
-def plot_variograms(fields: list[ResidualField], path: Path) -> None:
-    """Each run's empirical variogram of its training residuals (points) and the fitted model (line)."""
+def plot_distances(distances: dict[str, np.ndarray], path: Path) -> None:
+    """The distributions (ECDF) of the distance to the nearest training row of the validation rows, the
+    test rows and the map's pixels (km), which the split matches to each other."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    names = {"val": "validation rows", "test": "test rows", "prediction": "map pixels"}
+    for (kind, label), colour in zip(names.items(), ("#1f5fa8", "#c0392b", "0.2")):
+        values = np.sort(np.asarray(distances[kind], dtype=float))
+        if values.size:
+            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", color=colour,
+                    label=f"{label} (median {np.median(values):.1f} km)")
+    ax.set(xlim=(0, None), ylim=(0, 1), xlabel="distance to the nearest training row (km)",
+           ylabel="share at most this far", title="Validation and test look like prediction")
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path, dpi=110)
+
+
+def plot_coverage_by(by: pd.DataFrame, interval: float, path: Path) -> None:
+    """Observed against nominal coverage of the test rows, one line per bin of the distance to the
+    nearest training row (`scoring.coverage_by`'s table), the 1:1 line, and each bin's rows."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="nominal")
+    distance = by[by["by"] == "distance"]
+    for (label, group), colour in zip(distance.groupby("bin", sort=False), plt.cm.viridis(np.linspace(0, 0.9, 5))):
+        ax.plot(group["nominal"], group["observed"], "o-", color=colour, ms=3,
+                label=f"{label} from training ({group['rows'].iloc[0]} rows)")
+    ax.axvline(interval, color="0.7", lw=0.8)
+    ax.set(xlim=(0.45, 1.0), ylim=(0.3, 1.0), xlabel="nominal coverage", ylabel="observed coverage (test rows)",
+           title="Interval coverage by distance to the nearest training row")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path, dpi=110)
+
+
+def plot_variograms(fields: list[ResidualField], path: Path) -> None:
+    """Each run's empirical variogram of its training residuals (points) and the fitted model (line); with no
+    fields (no kriging) a picture that says so, so that the plots DVC lists exist for any params."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if not fields:
+        ax.text(0.5, 0.5, "evaluate.kriging: none\nno residual variogram was fitted", ha="center", va="center")
+        ax.set_axis_off()
+        save_figure(fig, path, dpi=110)
+        return
     for run, field in enumerate(fields):
         lags, gamma, pairs = empirical_variogram(field.xy, field.residuals)
         colour = plt.cm.tab10(run % 10)

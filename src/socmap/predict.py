@@ -52,7 +52,7 @@ class Predictor:
             raise SocmapError(f"{self.source}: patches of shape {tuple(x.shape[1:])} (bands, window, window, "
                               f"years) given, the model was trained on {expected} ({', '.join(self.spec.band_names)})")
         x = x.to(self.device, dtype=torch.float32, non_blocking=True)
-        return self.target.inverse(symmetric_mean(self.model, self.features(x), self.spec.tta))
+        return self.target.inverse(symmetric_mean(self.model, self.features(x), self.spec.views))
 
     def predict(self, patches: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Raw patches ``[N, C, W, W, T]`` (an array or a memmap, read one batch at a time) to g/kg float64."""

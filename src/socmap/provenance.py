@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import socmap
-from socmap.config import Params, lookup, params_subset, params_to_dict
+from socmap.config import Params, lookup, params_to_dict
 
 CHUNK_BYTES = 1 << 22  # files are hashed 4 MB at a time: memory stays flat for any patch file
 
@@ -33,10 +33,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: Params, keys: tuple[str, ...], inputs: Sequence[str | os.PathLike]) -> str:
-    """One hash of the params at `keys` and of the input files' bytes (which carry what earlier stages'
-    params did): a resume state from anything else is not resumed."""
-    digest = hashlib.sha256(json.dumps(params_subset(params, keys), sort_keys=True).encode())
+def fingerprint(values: dict, inputs: Sequence[str | os.PathLike]) -> str:
+    """One hash of params `values` (nested as in params.yaml) and of the input files' bytes (which carry what
+    earlier stages' params did): a resume state from anything else is not resumed."""
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode())
     for path in inputs:
         update_digest(digest, path)
     return digest.hexdigest()

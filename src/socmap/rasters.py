@@ -1,12 +1,13 @@
-"""The raster catalog: every band-year file found, checked and aligned onto one reference grid.
+"""The raster catalog: every band-year layer found (`socmap.sources`), checked and aligned onto one grid.
 
-A file on the reference grid (same CRS and pixel size, its origin a whole
-number of pixels away) is read through a shifted window; any other file
-(another CRS, resolution or pixel phase, EPSG:4326 exports from Google Earth
-Engine included) is warped onto the requested window of the reference grid
-with `data.rasters.resampling`. Windows may reach beyond the grid or the file:
-pixels there, and nodata pixels, come back as NaN. Datasets are opened lazily,
-once per process, so a catalog can be handed to worker processes.
+The grid is the analysis grid: the reference band's (`data.rasters.reference`, by default the first
+yearly band's), or another CRS, pixel size or extent that `data.grid` asks for. A layer on the grid
+(same CRS and pixel size, its origin a whole number of pixels away) is read through a shifted
+window; any other (another CRS, resolution or pixel phase, EPSG:4326 exports from Google Earth
+Engine included) through a warped view of its source onto the grid (a GDAL WarpedVRT, with
+`data.rasters.resampling`: no copy on disk, and a pixel's value does not depend on the window that
+reads it). Windows may reach beyond the grid or the file: pixels there, and nodata pixels, come
+back as NaN. Datasets are opened lazily, once per process, so a catalog can be handed to workers.
 """
 
 from __future__ import annotations
@@ -15,36 +16,44 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.warp import reproject
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
-from socmap.config import DataConfig
+from socmap.config import DataConfig, GridConfig
 from socmap.errors import SocmapError
 from socmap.grid import GridSpec
+from socmap.sources import ALIGN_TOLERANCE, find_layers
 
 log = logging.getLogger(__name__)
 
-ALIGN_TOLERANCE = 1e-6  # in pixels: closer than this counts as the same grid
 READ_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
 class RasterFile:
-    """One band-year (or static) file and how it lines up with the reference grid."""
+    """One band-year (or static) layer of a source and how it lines up with the grid."""
 
-    path: str
+    path: str  # the file, or the pattern of a mosaic's tiles (what a person reads)
+    source: str  # what GDAL opens: the file, or the mosaic's VRT XML
+    layer: int  # 1-based band index in the source
     band: str
     year: Optional[int]  # None: a static band
-    grid: GridSpec  # the file's own grid
+    grid: GridSpec  # the source's own grid
     nodata: Optional[float]
     offset: Optional[tuple[int, int]]  # (row, col) in this file of the grid's pixel (0, 0); None: warped
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What identifies the layer's values: its source and layer (several bands may share a file)."""
+        return self.source, self.layer
 
     @property
     def label(self) -> str:
@@ -52,7 +61,7 @@ class RasterFile:
 
 
 class RasterCatalog:
-    """Every raster of `data.bands` over `data.first_year`..`data.last_year`, on one reference grid."""
+    """Every raster of `data.bands` over `data.first_year`..`data.last_year`, on one analysis grid."""
 
     def __init__(self, cfg: DataConfig, grid: GridSpec, files: dict, missing: dict, warped: list,
                  shifted: list):
@@ -60,71 +69,44 @@ class RasterCatalog:
         self.grid = grid
         self.files = files  # (band, year or None) -> RasterFile
         self.missing = missing  # band -> {year: source year, or "mean"}
-        self.warped = warped  # report entries of files warped onto the grid
-        self.shifted = shifted  # report entries of files on the grid with another extent
+        self.warped = warped  # report entries of layers warped onto the grid
+        self.shifted = shifted  # report entries of layers on the grid with another extent
         self.resampling = Resampling[cfg.rasters.resampling]
-        self._stats: dict[str, tuple[float, int]] = {}  # path -> (sum, count) of valid grid pixels
+        self._stats: dict[tuple[str, int], tuple[float, int]] = {}  # layer key -> (sum, count) of valid pixels
         self._datasets: dict[str, rasterio.DatasetReader] = {}
+        self._views: dict[tuple[str, Optional[float]], WarpedVRT] = {}  # warped views onto the grid
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------ opening and checks
 
     @classmethod
     def open(cls, data_cfg: DataConfig) -> "RasterCatalog":
-        """Find and check every file; raise `SocmapError` naming the first missing or unreadable one."""
-        root = Path(data_cfg.rasters.dir)
-        if not root.is_dir():
-            raise SocmapError(f"data.rasters.dir = {str(root)!r}: no such directory")
-        headers: dict = {}
-        missing: dict = {}
-        for band in data_cfg.bands:
-            if band in data_cfg.static_bands:
-                path = root / data_cfg.rasters.static.format(band=band)
-                if not path.is_file():
-                    raise SocmapError(f"static band {band}: file {path} not found "
-                                      f"(data.rasters.static = {data_cfg.rasters.static!r})")
-                headers[(band, None)] = _header(path, band, None)
-                continue
-            for year in data_cfg.years:
-                path = root / data_cfg.rasters.yearly.format(band=band, year=year)
-                if path.is_file():
-                    headers[(band, year)] = _header(path, band, year)
-            found = sorted(y for b, y in headers if b == band)
-            if not found:
-                example = root / data_cfg.rasters.yearly.format(band=band, year=data_cfg.first_year)
-                raise SocmapError(f"band {band}: no file for any year {data_cfg.first_year}..{data_cfg.last_year} "
-                                  f"(looked for {example} and the like; data.rasters.yearly = "
-                                  f"{data_cfg.rasters.yearly!r})")
-            gaps = [y for y in data_cfg.years if y not in found]
-            if gaps:
-                missing[band] = {y: ("mean" if data_cfg.rasters.missing_years == "mean"
-                                     else _nearest(y, found)) for y in gaps}
-                log.warning("band %s: no file for %s; filled from %s", band, ", ".join(map(str, gaps)),
-                            "the mean of its years" if data_cfg.rasters.missing_years == "mean"
-                            else "the nearest year")
-
+        """Find and check every layer; raise `SocmapError` naming the first missing or unreadable one."""
+        found, missing = find_layers(data_cfg)
         reference = data_cfg.rasters.reference or (data_cfg.yearly_bands or data_cfg.bands)[0]
-        ref_key = min((k for k in headers if k[0] == reference), key=lambda k: k[1] or 0)
-        ref = headers[ref_key]
-        grid = GridSpec(ref["crs"], ref["transform"], ref["width"], ref["height"])
+        ref_key = min((k for k in found if k[0] == reference), key=lambda k: k[1] or 0)
+        grid = analysis_grid(found[ref_key][0], data_cfg.grid, reference)
         files, warped, shifted = {}, [], []
-        for key, h in headers.items():
+        for key, (h, layer) in found.items():
             offset, reasons = _alignment(h, grid)
-            files[key] = RasterFile(h["path"], key[0], key[1], GridSpec(h["crs"], h["transform"], h["width"],
-                                                                        h["height"]), h["nodata"], offset)
-            entry = {"band": key[0], "year": key[1], "path": h["path"], "crs": h["crs"].to_string(),
-                     "res": [abs(h["transform"].a), abs(h["transform"].e)], "shape": [h["height"], h["width"]]}
+            files[key] = RasterFile(h["source"].name, h["source"].path, layer, key[0], key[1],
+                                    GridSpec(h["crs"], h["transform"], h["width"], h["height"]),
+                                    h["nodata"][layer - 1], offset)
+            entry = {"band": key[0], "year": key[1], "path": h["source"].name, "crs": h["crs"].to_string(),
+                     "res": [abs(h["transform"].a), abs(h["transform"].e)], "shape": [h["height"], h["width"]],
+                     **({"layer": layer} if h["count"] > 1 else {}),
+                     **({"tiles": h["source"].tiles} if h["source"].tiles > 1 else {})}
             if offset is None:
                 warped.append({**entry, "differs_in": reasons, "resampling": data_cfg.rasters.resampling})
             elif reasons:
                 shifted.append({**entry, "offset": list(offset)})
         if warped:
-            log.info("%d raster(s) warped onto the %s grid of %s with %s resampling: %s", len(warped),
-                     grid.crs.to_string(), reference, data_cfg.rasters.resampling,
+            log.info("%d raster(s) warped onto the %s grid with %s resampling: %s", len(warped),
+                     grid.crs.to_string(), data_cfg.rasters.resampling,
                      ", ".join(sorted({f"{w['band']} ({'/'.join(w['differs_in'])})" for w in warped})))
         catalog = cls(data_cfg, grid, files, missing, warped, shifted)
         # Keep the datasets the checks opened: this process may read them (a fork or pickle drops them).
-        catalog._datasets = {h["path"]: h["dataset"] for h in headers.values()}
+        catalog._datasets = {h["source"].path: h["dataset"] for h, _ in found.values()}
         return catalog
 
     def describe(self) -> dict:
@@ -177,10 +159,11 @@ class RasterCatalog:
             return out
         window = (r0, c0, r1 - r0, c1 - c0)
         sources = [self.source(band, int(year)) for year in years]
-        files = list({f.path: f for s in sources for f in (s if isinstance(s, tuple) else (s,))}.values())
-        # GDAL decompresses with the GIL released: read the files in threads, each its own dataset.
+        files = list({f.key: f for s in sources for f in (s if isinstance(s, tuple) else (s,))}.values())
+        # GDAL decompresses with the GIL released: read the files in threads, each its own dataset (a
+        # band's layers lie in as many files as years).
         with ThreadPoolExecutor(min(READ_THREADS, len(files) or 1)) as pool:
-            cache = dict(zip((f.path for f in files), pool.map(lambda f: self._read_file(f, *window), files)))
+            cache = dict(zip((f.key for f in files), pool.map(lambda f: self._read_file(f, *window), files)))
         for t, source in enumerate(sources):
             out[t, r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off] = self._read_source(source, window, cache)
         return out
@@ -190,9 +173,9 @@ class RasterCatalog:
         no whole-grid read of it has been seen yet."""
         total, count = 0.0, 0
         for f in (f for (b, _), f in sorted(self.files.items(), key=lambda kv: kv[0][1] or 0) if b == band):
-            if f.path not in self._stats:
+            if f.key not in self._stats:
                 self._read_file(f, 0, 0, self.grid.height, self.grid.width)
-            s, n = self._stats[f.path]
+            s, n = self._stats[f.key]
             total, count = total + s, count + n
         if count == 0:
             log.warning("band %s: no valid pixel on the grid; its fill value is 0", band)
@@ -200,7 +183,7 @@ class RasterCatalog:
 
     def _read_source(self, source, window: tuple[int, int, int, int], cache: dict) -> np.ndarray:
         if isinstance(source, tuple):
-            key = ("mean",) + tuple(f.path for f in source)
+            key = ("mean",) + tuple(f.key for f in source)
             if key not in cache:
                 arrays = [self._read_source(f, window, cache) for f in source]
                 count = sum((~np.isnan(a)).astype(np.int32) for a in arrays)
@@ -208,79 +191,101 @@ class RasterCatalog:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     cache[key] = np.where(count > 0, total / count, np.nan).astype(np.float32)
             return cache[key]
-        if source.path not in cache:
-            cache[source.path] = self._read_file(source, *window)
-        return cache[source.path]
+        if source.key not in cache:
+            cache[source.key] = self._read_file(source, *window)
+        return cache[source.key]
 
     def _read_file(self, f: RasterFile, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
-        """float32 [height, width] of a window of the grid from one file, NaN where nodata or off the file."""
+        """float32 [height, width] of a window on the grid from one layer, NaN where nodata or off the file."""
         out = np.full((height, width), np.nan, dtype=np.float32)
         try:
-            ds = self._dataset(f.path)
             if f.offset is not None:
                 # A plain window read, clipped to the file and padded with numpy: boundless reads are slow.
                 r0, c0 = row_off + f.offset[0], col_off + f.offset[1]
                 rs, re = max(r0, 0), min(r0 + height, f.grid.height)
                 cs, ce = max(c0, 0), min(c0 + width, f.grid.width)
                 if rs < re and cs < ce:
-                    data = ds.read(1, window=Window(cs, rs, ce - cs, re - rs), out_dtype=np.float32)
+                    data = self._dataset(f.source).read(f.layer, window=Window(cs, rs, ce - cs, re - rs),
+                                                        out_dtype=np.float32)
                     if f.nodata is not None and not np.isnan(f.nodata):
                         data[data == np.float32(f.nodata)] = np.nan
                     out[rs - r0:re - r0, cs - c0:ce - c0] = data
             else:
-                reproject(source=rasterio.band(ds, 1), destination=out, src_transform=f.grid.transform,
-                          src_crs=f.grid.crs, src_nodata=f.nodata,
-                          dst_transform=self.grid.window_transform(row_off, col_off), dst_crs=self.grid.crs,
-                          dst_nodata=np.nan, resampling=self.resampling)
+                self._read_warped(f, row_off, col_off, height, width, out)
         except (RasterioError, OSError) as exc:
             raise SocmapError(f"{f.label}: cannot read the file ({_gdal_reason(exc)}); a corrupt or cut-short "
                               "copy? Replace it (export it again, or `dvc pull`)") from None
         if (row_off, col_off, height, width) == (0, 0, self.grid.height, self.grid.width) \
-                and f.path not in self._stats:
+                and f.key not in self._stats:
             valid = out[~np.isnan(out)]
-            self._stats[f.path] = (float(valid.sum(dtype=np.float64)), int(valid.size))
+            self._stats[f.key] = (float(valid.sum(dtype=np.float64)), int(valid.size))
         return out
 
+    def _read_warped(self, f: RasterFile, row_off: int, col_off: int, height: int, width: int,
+                     out: np.ndarray) -> None:
+        """A window of a layer's warped view into `out`, read one whole block of the view at a time.
+
+        GDAL warps each request as one chunk, and a downsampling kernel's footprint follows the chunk's
+        scale, so other windows would give a pixel values a few 1e-4 apart; fixed blocks give each pixel
+        one value, whatever window asks for it (a map block and the sample stage's whole grid alike).
+        """
+        view = self._view(f)
+        block_h, block_w = view.block_shapes[f.layer - 1]
+        for r in range(row_off // block_h * block_h, row_off + height, block_h):
+            for c in range(col_off // block_w * block_w, col_off + width, block_w):
+                h, w = min(block_h, self.grid.height - r), min(block_w, self.grid.width - c)
+                block = view.read(f.layer, window=Window(c, r, w, h), out_dtype=np.float32)
+                r0, r1 = max(r, row_off), min(r + h, row_off + height)
+                c0, c1 = max(c, col_off), min(c + w, col_off + width)
+                out[r0 - row_off:r1 - row_off, c0 - col_off:c1 - col_off] = block[r0 - r:r1 - r, c0 - c:c1 - c]
+
     def _dataset(self, path: str) -> rasterio.DatasetReader:
-        """The open dataset of `path` in this process (GDAL handles must not cross a fork)."""
+        """The open dataset of `path` (a file or a mosaic's XML) in this process (GDAL handles must not
+        cross a fork)."""
         if self._pid != os.getpid():
-            self._datasets, self._pid = {}, os.getpid()
+            self._datasets, self._views, self._pid = {}, {}, os.getpid()
         if path not in self._datasets:
             self._datasets[path] = rasterio.open(path)
         return self._datasets[path]
 
+    def _view(self, f: RasterFile) -> WarpedVRT:
+        """The warped view of a layer's source onto the whole grid, float32 with NaN for nodata; one per
+        source and process, so that GDAL's block cache keeps what it has warped."""
+        dataset = self._dataset(f.source)
+        key = (f.source, f.nodata)
+        if key not in self._views:
+            self._views[key] = WarpedVRT(dataset, crs=self.grid.crs, transform=self.grid.transform,
+                                         width=self.grid.width, height=self.grid.height, src_nodata=f.nodata,
+                                         nodata=np.nan, dtype="float32", resampling=self.resampling)
+        return self._views[key]
+
     def close(self) -> None:
-        """Close the datasets this process opened."""
+        """Close the views and datasets this process opened."""
+        for view in self._views.values():
+            view.close()
         for ds in self._datasets.values():
             ds.close()
-        self._datasets = {}
+        self._views, self._datasets = {}, {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_datasets"] = {}
+        state["_datasets"], state["_views"] = {}, {}
         return state
 
 
-def _header(path: Path, band: str, year: Optional[int]) -> dict:
-    """CRS, transform, shape, nodata, dtype and the open dataset of one file; `SocmapError` if it
-    cannot be read."""
-    what = f"band {band} {'static' if year is None else f'year {year}'}"
-    try:
-        ds = rasterio.open(path)
-        header = {"path": str(path), "crs": ds.crs, "transform": ds.transform, "width": ds.width,
-                  "height": ds.height, "nodata": ds.nodata, "dtype": ds.dtypes[0], "count": ds.count,
-                  "dataset": ds}
-    except (RasterioError, OSError) as exc:
-        raise SocmapError(f"{path} ({what}): not a readable raster (corrupt or not a GeoTIFF?): {exc}") from None
-    problem = ("the file has no CRS; set one (e.g. gdal_edit.py -a_srs EPSG:25832)" if header["crs"] is None
-               else f"data type {header['dtype']} is not numeric" if np.dtype(header["dtype"]).kind not in "iuf"
-               else None)
-    if problem:
-        ds.close()
-        raise SocmapError(f"{path} ({what}): {problem}")
-    if header["count"] > 1:
-        log.warning("%s has %d bands; socmap reads band 1", path, header["count"])
-    return header
+def analysis_grid(head: dict, cfg: GridConfig, reference: str) -> GridSpec:
+    """The grid every layer is read onto: the reference layer's own, with `data.grid`'s CRS, pixel size
+    and extent in place of its own where they are set."""
+    own = GridSpec(head["crs"], head["transform"], head["width"], head["height"])
+    crs = CRS.from_user_input(cfg.crs) if cfg.crs is not None else own.crs
+    if crs == own.crs and cfg.resolution is None and cfg.extent is None:
+        return own
+    if cfg.resolution is None and crs != own.crs:
+        suggested = calculate_default_transform(own.crs, crs, own.width, own.height, *own.bounds)[0].a
+        raise SocmapError(f"data.grid.crs = {cfg.crs}: another CRS than the reference band {reference}'s "
+                          f"({own.crs.to_string()}); set data.grid.resolution, the pixel size in units of "
+                          f"{cfg.crs} (the reference's pixels are about {suggested:.4g} there)")
+    return own.regridded(crs, cfg.resolution, cfg.extent)
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -311,7 +316,3 @@ def _alignment(h: dict, grid: GridSpec) -> tuple[Optional[tuple[int, int]], list
         return None, reasons
     return (int(round(row_shift)), int(round(col_shift))), reasons
 
-
-def _nearest(year: int, found: list[int]) -> int:
-    """The available year closest to `year`; the earlier one on a tie."""
-    return min(found, key=lambda y: (abs(y - year), y))

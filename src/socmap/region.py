@@ -70,6 +70,13 @@ class Region:
         with np.errstate(invalid="ignore"):
             return (x >= west) & (x <= east) & (y >= south) & (y <= north)
 
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in lon/lat: the box, or the bounds of the polygons."""
+        if self.polygon is None:
+            return tuple(self.bbox)
+        to_lonlat = Transformer.from_crs(self.crs, LONLAT, always_xy=True)
+        return tuple(float(v) for v in to_lonlat.transform_bounds(*shapely.bounds(self.polygon), densify_pts=21))
+
     def contains_lonlat(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """Whether points given in lon/lat (EPSG:4326) lie inside the region."""
         return self.contains(lon, lat, LONLAT)

@@ -1,8 +1,11 @@
 """`socmap sample`: survey rows and yearly rasters into model-ready patches, with an account of every row.
 
 Writes data/processed/patches.npy (float32 [N, C, W, W, T]), samples.parquet
-(one row per patch, same order) and report.json (rows read, kept, dropped by
-reason, fills, the reference grid, warped rasters).
+(one row per patch, same order; x, y in metres of the working CRS, `socmap.ground`),
+truth.parquet (a simulated world's truth of those rows, `socmap.truth`),
+prediction_points.parquet (map pixels in the same CRS: where the map predicts, for the split's
+distance matching) and report.json (rows read, kept, dropped by reason, fills, the analysis grid,
+warped rasters, the working CRS, the oracle figures).
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import pandas as pd
 
 from socmap import paths
 from socmap.config import DataConfig, SampleConfig
+from socmap.ground import describe, to_working, working_crs
 from socmap.io import atomic_path, write_json
-from socmap.patches import extract_patches, fill_values, window_years
+from socmap.patches import channel_names, extract_patches, fill_values, window_years
 from socmap.points import clean, read_survey
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
+from socmap.truth import carry_truth
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 4096  # rows copied at a time when sparse rows are dropped from patches.npy
+PREDICTION_POINTS = 20_000  # map pixels, on a regular stride, that stand for where the map predicts
 SAMPLE_COLUMNS = ["row_id", "site_id", "source_id", "x", "y", "lon", "lat", "year", "target", "valid_fraction"]
 
 
@@ -53,8 +59,22 @@ def pixel_fills(invalid: np.ndarray, years: np.ndarray, bands: list[str], static
     return out
 
 
+def prediction_points(catalog: RasterCatalog, region: Region, working, points: int = PREDICTION_POINTS
+                      ) -> pd.DataFrame:
+    """x, y (the `working` CRS, as the sample table's) of the pixel centres inside the region, every
+    `stride`-th row and column so that at most about `points` remain: where the map predicts, for the
+    split's distance matching."""
+    grid = catalog.grid
+    inside = region.mask(grid, 0, 0, grid.height, grid.width)
+    stride = max(1, int(np.ceil(np.sqrt(inside.sum() / points))))
+    x, y = grid.centres(0, 0, grid.height, grid.width)
+    keep = inside[::stride, ::stride]
+    x, y = to_working(x[::stride, ::stride][keep], y[::stride, ::stride][keep], grid.crs, working)
+    return pd.DataFrame({"x": x, "y": y})
+
+
 def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path = paths.PROCESSED) -> dict:
-    """Run the stage: read, clean, extract, fill, drop sparse rows, write the three outputs; return the report."""
+    """Run the stage: read, clean, extract, fill, drop sparse rows, write the outputs; return the report."""
     started = time.perf_counter()
     catalog = RasterCatalog.open(data_cfg)
     region = Region.from_config(data_cfg.region)
@@ -71,10 +91,11 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
     with atomic_path(out_dir / paths.PATCHES.name) as tmp:
         # Patches go straight into the memmap of the output file: no second copy in memory.
         patches = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(
-            len(kept), len(bands), sample_cfg.window_size, sample_cfg.window_size, sample_cfg.time_before))
+            len(kept), len(channel_names(bands, sample_cfg.context)), sample_cfg.window_size, sample_cfg.window_size,
+            sample_cfg.time_before))
         _, invalid = extract_patches(catalog, kept["row"].to_numpy(), kept["col"].to_numpy(),
                                      kept["year"].to_numpy(), sample_cfg.window_size, sample_cfg.time_before,
-                                     fill=sample_cfg.fill, out=patches)
+                                     fill=sample_cfg.fill, out=patches, context=sample_cfg.context)
         pixels = len(bands) * sample_cfg.window_size ** 2 * sample_cfg.time_before  # per patch
         valid_fraction = 1.0 - invalid.sum(axis=(1, 2)) / pixels
         enough = valid_fraction >= sample_cfg.min_valid_fraction
@@ -84,9 +105,14 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         del patches
     drops["low_valid_fraction"] = int(np.sum(~enough))
     fills = fill_values(catalog, sample_cfg.fill)
-    samples = kept.assign(valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
+    working = working_crs(catalog.grid.crs, region)
+    x, y = to_working(kept["x"].to_numpy(), kept["y"].to_numpy(), catalog.grid.crs, working)
+    samples = kept.assign(x=x, y=y, valid_fraction=valid_fraction)[enough][SAMPLE_COLUMNS].reset_index(drop=True)
     with atomic_path(out_dir / paths.SAMPLES.name) as tmp:
         samples.to_parquet(tmp, index=False)
+    truth = carry_truth(data_cfg.points.path, samples, out_dir / paths.TRUTH.name)
+    with atomic_path(out_dir / paths.PREDICTION_POINTS.name) as tmp:
+        prediction_points(catalog, region, working).to_parquet(tmp, index=False)
 
     report = {
         "rows_read": rows_read,
@@ -101,7 +127,9 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
             "pixel_share": float(1.0 - valid_fraction[enough].mean()) if enough.any() else 0.0,
         },
         **{k: v for k, v in catalog.describe().items() if k in ("grid", "warped", "shifted")},
+        "working_crs": describe(working, region, catalog.grid.crs),
         "bands": bands,
+        "channels": channel_names(bands, sample_cfg.context),
         "static_bands": list(data_cfg.static_bands),
         "window_size": sample_cfg.window_size,
         "time_before": sample_cfg.time_before,
@@ -109,6 +137,7 @@ def sample(data_cfg: DataConfig, sample_cfg: SampleConfig, out_dir: str | Path =
         "points": {"path": survey.path, "crs": survey.crs.to_string(), "unit": data_cfg.points.unit},
         "target": _summary(samples["target"].to_numpy()),
         "sites": int(samples["site_id"].nunique()),
+        "truth": truth,
     }
     assert report["rows_read"] == report["rows_kept"] + sum(drops.values()), "every row is accounted for"
     write_json(out_dir / paths.REPORT.name, report)

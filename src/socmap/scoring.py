@@ -1,5 +1,5 @@
-"""The evaluate stage's figures: test metrics in g/kg per run, ensemble and baseline, the bootstrap, the
-ceiling, calibrated intervals and their coverage.
+"""The evaluate stage's figures: test metrics in g/kg per run, ensemble and baseline, the block bootstrap,
+the ceiling, calibrated intervals and their coverage; and the headline of them that experiments are compared on.
 
 Only the test rows are scored, and they choose nothing: the best run is chosen by its validation r2,
 the intervals are calibrated on validation rows.
@@ -9,6 +9,13 @@ the intervals are calibrated on validation rows.
 - kfold: each run (fold) has its own test rows and every row is test once, so the headline figures
   are pooled out of fold: each row predicted by the one model that did not see it; per-run figures
   are per fold.
+
+Test rows lie in square blocks, and the errors of one block are correlated: the bootstrap resamples
+whole blocks (``bootstrap.unit`` says so), paired for the gains over the baselines.
+
+`score` gives every figure (details.json beside predictions.csv); `headline` the few a user compares
+between experiments (metrics.json, the columns of `dvc exp show`). Every interval is a {lo, hi}
+mapping, and the bootstrap says what it resampled (`unit`) and its `level`.
 """
 
 from __future__ import annotations
@@ -19,72 +26,110 @@ import numpy as np
 import pandas as pd
 
 from socmap import paths
+from socmap.applicability import training_distance
+from socmap.baselines import Baselines
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
 from socmap.intervals import fit_calibration, prediction_interval
 from socmap.kriging import Kriging
 from socmap.metrics import REGRESSION_METRICS, interval_metrics, r2_score, regression_metrics, spread
+from socmap.truth import Truth
+
+BOOTSTRAP_LEVEL = 0.95  # of every bootstrap interval
+DISTANCE_BINS_KM = (0.0, 2.0, 4.0, 8.0, np.inf)  # of a test row's distance to the nearest training row
+DISTANCE_LABELS = ("0-2 km", "2-4 km", "4-8 km", "over 8 km")
+TARGET_BINS = 4  # target quartiles of the coverage table
 
 
 @dataclass(frozen=True)
-class Truth:
-    """A simulated world's noise-free truth per sample row (columns truth, truth_covariates, in sample
-    order) and its oracle figures (oracle.json; None when absent)."""
+class Design:
+    """The split as evaluate reads it: split.mode, the role of every row in every run [K, N], and the
+    test block of every row (−1 for a row no run tests)."""
 
-    table: pd.DataFrame
-    oracle: dict | None
+    mode: str
+    roles: np.ndarray
+    blocks: np.ndarray
 
 
-def score(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, baselines: dict[str, np.ndarray],
-          mode: str, cfg: EvaluateConfig, truth: Truth | None = None,
+def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baselines: Baselines,
+          cfg: EvaluateConfig, truth: Truth | None = None,
           kriging: Kriging | None = None) -> tuple[dict, pd.DataFrame, dict]:
     """All figures of the stage from the runs' predictions of every row.
 
     Args:
-        samples: samples.parquet; predictions: [K, N] g/kg per run (kriged, if kriging is on); roles: [K, N];
-        baselines: {name: [K, N] predictions of each run's test rows}, in report order.
+        samples: samples.parquet; predictions: [K, N] g/kg per run (kriged, if kriging is on).
         cfg: evaluate.* (the nominal interval, the bootstrap resamples and seed).
         truth: the simulated world's truth; None: real data, no ceiling.
         kriging: what kriging added to `predictions` (`krige_runs`); None: no kriging.
     Returns:
-        (metrics summary, predictions table of the test rows, interval calibration).
+        (every figure, for details.json (`headline` picks metrics.json's), predictions table of the test rows,
+        interval calibration).
     """
-    targets = samples["target"].to_numpy(np.float64)
+    targets, roles = samples["target"].to_numpy(np.float64), design.roles
     observed, predicted, others, kappa = calibration_rows(targets, predictions, roles,
                                                           None if kriging is None else kriging.variance)
     calibration = fit_calibration(observed, predicted, others, runs=len(predictions), interval=cfg.interval,
                                   kappa=kappa)
-    table, rows = test_table(samples, predictions, roles, mode, calibration, kriging)
-    for name in baselines:
-        table[name] = np.nanmean(baselines[name][:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
+    table, rows = test_table(samples, predictions, design, calibration, kriging)
+    for name, per_run in baselines.predictions.items():
+        table[name] = np.nanmean(per_run[:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
+    for name, (lower, upper) in baselines.bounds.items():
+        table[f"{name}_lower"], table[f"{name}_upper"] = (np.nanmean(b[:, rows], axis=0) for b in (lower, upper))
     if truth is not None:
         for column in ("truth", "truth_covariates"):
             table[column] = truth.table[column].to_numpy()[rows]
-    observed, mean = table["observed"].to_numpy(), table["ensemble"].to_numpy()
-    summary = {**regression_metrics(observed, mean), **interval_metrics(observed, table["lower"], table["upper"]),
-               "interval": cfg.interval, "mode": mode, **run_summary(targets, predictions, roles),
-               "bootstrap": bootstrap(observed, mean, table["site_id"].to_numpy(), cfg.bootstrap, cfg.seed,
-                                      {name: table[name].to_numpy() for name in baselines}),
-               "baselines": {name: baseline_summary(observed, table[name], targets, roles, per_run)
-                             for name, per_run in baselines.items()}}
-    for name in baselines:
+    observed_test, mean = table["observed"].to_numpy(), table["ensemble"].to_numpy()
+    summary = {**regression_metrics(observed_test, mean),
+               **interval_metrics(observed_test, table["lower"], table["upper"], cfg.interval),
+               "interval": cfg.interval, "mode": design.mode, "val": regression_metrics(observed, predicted),
+               **run_summary(targets, predictions, roles),
+               "bootstrap": bootstrap(table, mean, cfg, list(baselines.predictions)),
+               "baselines": {name: baseline_summary(observed_test, table[name], targets, roles, per_run)
+                             for name, per_run in baselines.predictions.items()}}
+    for name in baselines.predictions:
         summary["baselines"][name]["r2_gain"] = summary["r2"] - summary["baselines"][name]["r2"]
+    for name in baselines.bounds:
+        summary["baselines"][name].update(interval_metrics(observed_test, table[f"{name}_lower"],
+                                                           table[f"{name}_upper"], cfg.interval))
     summary["ceiling"] = ceiling(table, truth)
-    summary["kriging"] = {"space": "none"}
-    if kriging is not None:  # the variogram of every run, and the ensemble without kriging: what kriging added
-        fields = kriging.fields
-        summary["kriging"] = {"space": fields[0].space, "neighbours": fields[0].neighbours,
-                              "variograms": {f"run_{k}": field.summary() for k, field in enumerate(fields)},
-                              "unkriged": regression_metrics(observed, table["unkriged"])}
-    coverage = coverage_curve(table, calibration, ensemble=mode == "holdout")
-    summary["coverage"] = coverage.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
+    summary["kriging"] = kriging_summary(table, kriging)
+    curve = coverage_curve(table, calibration, ensemble=design.mode == "holdout")
+    summary["coverage"] = curve.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
     return summary, table, calibration
 
 
-def test_table(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray, mode: str, calibration: dict,
+def headline(details: dict) -> dict:
+    """The figures experiments are compared on (metrics.json), from the stage's `details` (`score`).
+
+    The ensemble's test figures, the validation r2 of what is scored (every validation row predicted by
+    a run that did not fit it, kriged when kriging is on: choose on it, never on test) and its spread over
+    runs, the runs' test r2, the bootstrap intervals, each baseline's r2 (interval figures, if it has
+    intervals) and the ensemble's gain over it, the ensemble without kriging and the simulated world's ceiling.
+    """
+    val_r2 = np.array([run["val_r2"] for run in details["runs"].values()])
+    top = {key: details[key] for key in ("mode", "n", "interval", *REGRESSION_METRICS, "picp", "interval_width",
+                                         "interval_score")}
+    top["val_r2"] = details["val"]["r2"]
+    top["val_r2_std"] = float(np.nanstd(val_r2, ddof=1)) if val_r2.size > 1 else 0.0  # ddof 1, as runs_std
+    top["runs_r2"] = {"mean": details["runs_mean"]["r2"], "std": details["runs_std"]["r2"]}
+    if "unkriged" in details["kriging"]:
+        top["unkriged"] = {key: details["kriging"]["unkriged"][key] for key in ("r2", "rmse")}
+    top["bootstrap"] = details["bootstrap"]
+    top["baselines"] = {name: {key: figures[key] for key in ("r2", "rmse", "r2_gain", "picp", "interval_score")
+                               if key in figures}
+                        for name, figures in details["baselines"].items()}
+    if "truth" in details["ceiling"]:
+        top["ceiling"] = {"truth_r2": details["ceiling"]["truth"]["r2"],
+                          "truth_covariates_r2": details["ceiling"]["truth_covariates"]["r2"]}
+    return top
+
+
+def test_table(samples: pd.DataFrame, predictions: np.ndarray, design: Design, calibration: dict,
                kriging: Kriging | None) -> tuple[pd.DataFrame, np.ndarray]:
-    """The test rows with every run's prediction, the ensemble, its spread, interval and residual (with
-    kriging also the prediction before it and the relative kriging variance); and their positions."""
+    """The test rows with every run's prediction, the ensemble, its spread, interval and residual, the
+    test block and the distance to the nearest training row (with kriging also the prediction before
+    it and the relative kriging variance); and their positions."""
+    roles, mode = design.roles, design.mode
     rows, mean, std, fold = test_scores(predictions, roles, mode)
     kappa = None if kriging is None else at_test_rows(kriging.variance, rows, fold)
     lower, upper = prediction_interval(mean, std, calibration, ensemble=mode == "holdout", kappa=kappa)
@@ -93,6 +138,8 @@ def test_table(samples: pd.DataFrame, predictions: np.ndarray, roles: np.ndarray
     table["observed"] = observed
     if mode == "kfold":
         table["fold"] = fold
+    table["block"] = design.blocks[rows]
+    table["distance_km"] = training_distance(samples[["x", "y"]].to_numpy(float), roles, rows, fold) / 1000.0
     for k in range(len(predictions)):
         table[f"run_{k}"] = np.where(roles[k, rows] == "test", predictions[k, rows], np.nan)
     table = table.assign(ensemble=mean, std=std, lower=lower, upper=upper, residual=mean - observed)
@@ -140,32 +187,36 @@ def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.nda
     return targets[rows], predictions[runs, rows], others, None if variance is None else variance[runs, rows]
 
 
-def bootstrap(observed: np.ndarray, predicted: np.ndarray, sites: np.ndarray, resamples: int, seed: int,
-              others: dict[str, np.ndarray] | None = None) -> dict:
-    """95 % percentile intervals of r2 and rmse, resampling whole sites (revisits are not independent).
-
-    With `others` ({name: predictions of the same rows}), also the interval of the r2 gain over each,
-    r2(predicted) − r2(other) on the same resamples (paired): above 0 means ahead beyond the test noise.
-    """
-    if resamples == 0:
-        return {"resamples": 0}
-    others = others or {}
-    site_ids, site_of_row = np.unique(sites, return_inverse=True)
-    rng = np.random.default_rng(seed)
+def bootstrap(table: pd.DataFrame, predicted: np.ndarray, cfg: EvaluateConfig, others: list[str]) -> dict:
+    """`BOOTSTRAP_LEVEL` percentile intervals ({lo, hi}) of r2 and rmse, resampling whole test blocks, whose errors are
+    correlated; with `others` (columns of `table`), also the interval of the r2 gain over each,
+    r2(predicted) − r2(other) on the same resamples (paired): above 0 means ahead beyond the test noise."""
+    if cfg.bootstrap == 0:
+        return {"unit": "block", "resamples": 0}
+    observed = table["observed"].to_numpy()
+    blocks, block_of_row = np.unique(table["block"].to_numpy(), return_inverse=True)
+    rng = np.random.default_rng(cfg.seed)
     r2, rmse, gain = [], [], {name: [] for name in others}
-    for _ in range(resamples):
-        draws = np.bincount(rng.integers(0, site_ids.size, site_ids.size), minlength=site_ids.size)
-        rows = np.repeat(np.arange(sites.size), draws[site_of_row])  # each row as often as its site was drawn
+    for _ in range(cfg.bootstrap):
+        draws = np.bincount(rng.integers(0, blocks.size, blocks.size), minlength=blocks.size)
+        rows = np.repeat(np.arange(len(observed)), draws[block_of_row])  # each row as often as its block was drawn
         figures = regression_metrics(observed[rows], predicted[rows])
         r2.append(figures["r2"])
         rmse.append(figures["rmse"])
-        for name, other in others.items():
-            gain[name].append(figures["r2"] - r2_score(observed[rows], other[rows]))
-    result = {"r2": np.nanpercentile(r2, [2.5, 97.5]).tolist(), "rmse": np.percentile(rmse, [2.5, 97.5]).tolist(),
-              "resamples": resamples, "unit": "site"}
+        for name in others:
+            gain[name].append(figures["r2"] - r2_score(observed[rows], table[name].to_numpy()[rows]))
+    result = {"unit": "block", "units": int(blocks.size), "resamples": cfg.bootstrap, "level": BOOTSTRAP_LEVEL,
+              "r2": percentile_interval(r2), "rmse": percentile_interval(rmse)}
     if others:
-        result["r2_gain"] = {name: np.nanpercentile(values, [2.5, 97.5]).tolist() for name, values in gain.items()}
+        result["r2_gain"] = {name: percentile_interval(values) for name, values in gain.items()}
     return result
+
+
+def percentile_interval(values: list[float]) -> dict:
+    """The central `BOOTSTRAP_LEVEL` percentile interval of resampled values, as {lo, hi} (NaN draws left out)."""
+    tail = 100 * (1 - BOOTSTRAP_LEVEL) / 2
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    return {"lo": float(lo), "hi": float(hi)}
 
 
 def run_summary(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray) -> dict:
@@ -191,7 +242,7 @@ def baseline_summary(observed: np.ndarray, pooled: pd.Series, targets: np.ndarra
 def ceiling(table: pd.DataFrame, truth: Truth | None) -> dict:
     """The truth's figures on the test rows (with and without the residual no covariate explains)."""
     if truth is None:
-        return {"skipped": "no truth.parquet beside data.points.path: real data have no ceiling"}
+        return {"skipped": f"{paths.TRUTH} has no rows: real data have no ceiling"}
     oracle = truth.oracle or {}
     return {
         "truth": regression_metrics(table["observed"], table["truth"]),
@@ -199,6 +250,17 @@ def ceiling(table: pd.DataFrame, truth: Truth | None) -> dict:
         "oracle_r2_full": oracle.get("r2_full"),
         "oracle_r2_covariates": oracle.get("r2_covariates"),
     }
+
+
+def kriging_summary(table: pd.DataFrame, kriging: Kriging | None) -> dict:
+    """The variogram of every distinct field and the ensemble's test figures without kriging."""
+    if kriging is None:
+        return {"space": "none"}
+    fields = {id(field): field for field in kriging.fields}.values()
+    return {"space": kriging.fields[0].space, "neighbours": kriging.fields[0].neighbours,
+            "residuals": "cross-fitted: validation rows, each by the run that held it out",
+            "variograms": {f"field_{i}": field.summary() for i, field in enumerate(fields)},
+            "unkriged": regression_metrics(table["observed"], table["unkriged"])}
 
 
 def coverage_curve(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.DataFrame:
@@ -212,9 +274,31 @@ def coverage_curve(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd
     for level in sorted(float(k) for k in calibration["quantiles"]):
         lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, level=level,
                                            ensemble=ensemble, kappa=table.get("kriging_variance"))
-        figures = interval_metrics(table["observed"], lower, upper)
-        rows.append({"nominal": level, "observed": figures["picp"], "width": figures["interval_width"]})
+        figures = interval_metrics(table["observed"], lower, upper, level)
+        rows.append({"nominal": level, "observed": figures["picp"], "width": figures["interval_width"],
+                     "interval_score": figures["interval_score"]})
     return pd.DataFrame(rows)
+
+
+def coverage_by(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.DataFrame:
+    """Observed coverage at every calibrated level by distance to the nearest training row (km bins) and
+    by target quartile: columns by (distance or target), bin, rows, nominal, observed."""
+    groups = {"distance": pd.cut(table["distance_km"], DISTANCE_BINS_KM, right=False, labels=DISTANCE_LABELS),
+              "target": pd.qcut(table["observed"], TARGET_BINS, duplicates="drop")}
+    out = []
+    for by, labels in groups.items():
+        for label, group in table.groupby(labels, observed=True, sort=True):  # bins in order, empty ones left out
+            curve = coverage_curve(group, calibration, ensemble)
+            out.append(curve.assign(by=by, bin=str(label), rows=len(group))[["by", "bin", "rows", "nominal",
+                                                                               "observed"]])
+    return pd.concat(out, ignore_index=True)
+
+
+def coverage_by_distance(by: pd.DataFrame) -> pd.DataFrame:
+    """`coverage_by`'s distance rows as one column per distance bin (NaN for a bin without test rows) beside
+    the nominal level: what dvc plots draws."""
+    distance = by[by["by"] == "distance"].pivot(index="nominal", columns="bin", values="observed")
+    return distance.reindex(columns=list(DISTANCE_LABELS)).reset_index()
 
 
 def error_by_year(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,30 +1,25 @@
-"""Split stage: a leakage-free spatial test hold-out, buffered validation sets, one role per row and run.
+"""`socmap split`: a leakage-free spatial test hold-out and, per run, validation that looks like prediction.
 
-Every row gets one of four roles in every run: ``train``, ``val``, ``test`` or
-``buffer`` (used by no model). Sites (``site_id``: LUCAS revisits, repeated
-state-survey points) are atomic: all rows of a site share a role. Distances
-are Euclidean in the projected CRS of ``x, y`` (metres).
+Every row gets one of five roles in every run: ``train``, ``stop`` (the rows that choose the run's
+best epoch and the forests' leaf size), ``val`` (validation: the run's honest figures, the interval
+calibration and the residuals that are kriged), ``test`` or ``buffer`` (used by no model). Sites
+(``site_id``: LUCAS revisits, repeated state-survey points) are atomic: all rows of a site share a
+role. Distances are Euclidean in the metric working CRS of ``x, y`` (metres, `socmap.ground`).
 
-- **Test** (``holdout``): square blocks of side ``split.test_block_km`` on a
-  grid with a random offset are drawn in random order until
-  ``split.test_ratio`` of the rows are in test; the last block drawn is taken
-  site by site from its centre, so the test size is the first whole site to
-  reach the ratio: at most the largest site's rows − 1 above
-  ``ceil(test_ratio · rows)``. ``kfold``: the blocks are dealt to
-  ``split.folds`` folds (largest first, each to the lightest fold) and run k
-  tests fold k.
-- **Buffer**: every site outside test with a row within
+- **Test**: square blocks (``socmap.folds``); **buffer**: every site outside test with a row within
   ``split.distance_threshold`` km of a test row.
-- **Validation** (run k, seed ``split.seed + k``): ``ceil(target_val_ratio ·
-  non-test rows)`` rows, again at most the largest site's rows − 1 above, each
-  more than ``distance_threshold`` km from every training row. As in the
-  original, a candidate is kept only if no training location is that close and
-  returned to training otherwise, growing until the ratio is reached. Sites
-  linked by chains of steps ≤ the threshold can only go together, so the
-  candidates are these linked clusters, drawn in random order and kept when
-  they bring the validation rows per target-quantile stratum
-  (``split.strata``) closer to the training shares: the validation targets
-  match training's instead of drifting as the original's did.
+- **Validation** (holdout): the sites outside test and buffer are cut into ``train.num_runs`` folds
+  (two for a single run) by kNNDM (``socmap.folds.knndm_folds``), whose held-out-to-training distances match those from the
+  map's pixels to the sites; run k validates on fold k, so every such row is validated once, by the
+  one run that did not train on it (kfold: each run cuts its own rows outside test into
+  ``split.folds`` folds and validates on one). The training rows within the threshold of a
+  validation row are that run's buffer.
+- **Stop**: of the run's remaining rows, ``split.stop_ratio`` drawn buffered and matched to the
+  target strata (``socmap.buffered``), so that the validation rows choose nothing.
+
+Besides split.parquet (``row_id, run, role, block``: the test block of a test row, −1 elsewhere),
+the stage writes metrics/split.json (sizes, the three distance distributions side by side, the kNNDM
+choice), the per-run detail and a picture of the distances.
 """
 
 from __future__ import annotations
@@ -35,23 +30,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from scipy.stats import ks_2samp
 from tqdm import tqdm
 
 from socmap import paths
-from socmap.balance import quantile_bins
+from socmap.buffered import draw_sites, near_sites
 from socmap.config import SplitConfig
 from socmap.errors import SocmapError
+from socmap.folds import block_folds, holdout_test, knndm_folds
 from socmap.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-ROLES = ("train", "val", "test", "buffer")
-TRAIN, VAL, TEST, BUFFER = range(4)
+ROLES = ("train", "stop", "val", "test", "buffer")
+TRAIN, STOP, VAL, TEST, BUFFER = range(5)
 COLUMNS = ("row_id", "site_id", "x", "y", "target")
+QUANTILES = (10, 25, 50, 75, 90)  # of the distance distributions in metrics/split.json
 
 
 def read_samples(path: str | Path) -> pd.DataFrame:
@@ -83,282 +78,187 @@ def site_table(site_id: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndar
     return row_site, centre, rows
 
 
-def square_blocks(site_xy: np.ndarray, block_m: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Block of every site on a grid of `block_m` squares with a random offset, and each site's block centre."""
-    origin = site_xy.min(axis=0) - rng.uniform(0.0, block_m, 2)
-    cell = np.floor((site_xy - origin) / block_m)
-    _, block = np.unique(cell, axis=0, return_inverse=True)
-    return block.ravel(), origin + (cell + 0.5) * block_m
-
-
-def holdout_test(site_xy: np.ndarray, site_rows: np.ndarray, ratio: float, block_m: float,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Test sites: whole blocks in random order, the last one from its centre outwards, until the ratio."""
-    block, centre = square_blocks(site_xy, block_m, rng)
-    need = math.ceil(ratio * site_rows.sum() - 1e-9)
-    test = np.zeros(len(site_rows), dtype=bool)
-    taken = 0
-    for b in rng.permutation(block.max() + 1):
-        members = np.flatnonzero(block == b)
-        if taken + site_rows[members].sum() < need:
-            test[members] = True
-            taken += site_rows[members].sum()
-            continue
-        # the block that crosses the ratio is cut; taking it from its centre keeps the test area compact
-        offset = np.hypot(*(site_xy[members] - centre[members]).T)
-        for site in members[np.argsort(offset, kind="stable")]:
-            test[site] = True
-            taken += site_rows[site]
-            if taken >= need:
-                return test
-    return test
-
-
-def block_folds(site_xy: np.ndarray, site_rows: np.ndarray, folds: int, block_m: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """Fold of every site: blocks dealt largest first, each to the fold with the fewest rows so far."""
-    block, _ = square_blocks(site_xy, block_m, rng)
-    n_blocks = block.max() + 1
-    if n_blocks < folds:
-        raise SocmapError(f"split.folds = {folds}: the data cover only {n_blocks} blocks of "
-                          f"split.test_block_km; lower split.test_block_km or split.folds")
-    block_rows = np.bincount(block, weights=site_rows)
-    order = rng.permutation(n_blocks)
-    order = order[np.argsort(-block_rows[order], kind="stable")]
-    fold_of_block = np.empty(n_blocks, dtype=np.int64)
-    load = np.zeros(folds)
-    for b in order:
-        fold_of_block[b] = np.argmin(load)
-        load[fold_of_block[b]] += block_rows[b]
-    return fold_of_block[block]
-
-
-def near_sites(xy: np.ndarray, row_site: np.ndarray, source: np.ndarray, threshold_m: float) -> np.ndarray:
-    """Sites outside `source` (a site mask) with a row within `threshold_m` of a row of a source site."""
-    from_source = source[row_site]
-    near = np.zeros(len(source), dtype=bool)
-    if from_source.any() and (~from_source).any():
-        distance, _ = cKDTree(xy[from_source]).query(xy[~from_source])
-        near[row_site[~from_source][distance <= threshold_m]] = True
-    return near
-
-
-def linked_clusters(xy: np.ndarray, row_site: np.ndarray, pool: np.ndarray, threshold_m: float) -> np.ndarray:
-    """Cluster of every pool site (−1 elsewhere): sites joined by chains of row pairs ≤ `threshold_m` apart.
-
-    A site within the threshold of a training site cannot validate, so a
-    cluster goes to validation or training as a whole.
-    """
-    rows = np.flatnonzero(pool[row_site])
-    sites = np.flatnonzero(pool)
-    local = np.full(len(pool), -1)
-    local[sites] = np.arange(len(sites))
-    pairs = cKDTree(xy[rows]).query_pairs(threshold_m, output_type="ndarray")
-    a, b = local[row_site[rows[pairs[:, 0]]]], local[row_site[rows[pairs[:, 1]]]]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(sites), len(sites)))
-    _, label = connected_components(graph, directed=False)
-    cluster = np.full(len(pool), -1)
-    cluster[sites] = label
-    return cluster
-
-
-def subset_sums(sizes: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Which totals 0..limit some subset of `sizes` reaches, and the last item of one such subset."""
-    reach = np.zeros(limit + 1, dtype=bool)
-    reach[0] = True
-    last = np.full(limit + 1, -1)
-    for i, size in enumerate(sizes):
-        if size > limit:
-            continue
-        new = np.zeros_like(reach)
-        new[size:] = reach[:limit + 1 - size]
-        new &= ~reach
-        last[new] = i
-        reach |= new
-    return reach, last
-
-
-def choose_clusters(hist: np.ndarray, need: int, high: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Clusters for validation: between `need` and `high` rows, strata shares as in `hist` overall.
-
-    Args:
-        hist: rows per target stratum of every candidate cluster, [clusters, strata].
-        need, high: the validation rows wanted, at least and at most.
-    Returns:
-        a mask over clusters, or None when no subset of clusters has between `need` and `high` rows.
-    """
-    rows = hist.sum(axis=1).astype(np.int64)
-    deficit = need * hist.sum(axis=0) / rows.sum()
-    chosen = np.zeros(len(rows), dtype=bool)
-    taken = 0
-    # the original's loop: draw a candidate, keep it if its strata still have room, else it stays in training
-    for c in rng.permutation(len(rows)):
-        if taken >= need:
-            break
-        h = hist[c]
-        if taken + rows[c] <= high and np.all(h <= deficit + 0.5):
-            chosen[c] = True
-            deficit -= h
-            taken += rows[c]
-    # the last few rows: whatever fits and hurts the strata least
-    gain_order = rng.permutation(len(rows))
-    while taken < need:
-        fits = ~chosen[gain_order] & (taken + rows[gain_order] <= high)
-        if not fits.any():
-            break
-        gain = 2 * hist[gain_order] @ deficit - (hist[gain_order] ** 2).sum(axis=1)
-        c = gain_order[np.argmax(np.where(fits, gain, -np.inf))]
-        chosen[c] = True
-        deficit -= hist[c]
-        taken += rows[c]
-    if taken >= need:
-        return chosen
-    # the greedy draw painted itself into a corner: an exact subset, strata ignored, if one exists
-    order = rng.permutation(len(rows))
-    reach, last = subset_sums(rows[order], high)
-    hits = np.flatnonzero(reach[need:]) + need
-    if hits.size == 0:
-        return None
-    log.warning("validation sizes fit only by an exact subset; its strata shares are not matched")
-    chosen[:] = False
-    total = hits[0]
-    while total > 0:
-        chosen[order[last[total]]] = True
-        total -= rows[order[last[total]]]
-    return chosen
-
-
-def validation_sites(cluster: np.ndarray, site_hist: np.ndarray, need: int, slack: int,
-                     rng: np.random.Generator, cfg: SplitConfig, non_test_rows: int) -> np.ndarray:
-    """Validation sites of one run; a `SocmapError` with the largest reachable ratio when `need` cannot be met."""
-    n_clusters = cluster.max() + 1
-    hist = np.zeros((n_clusters, site_hist.shape[1]))
-    in_pool = cluster >= 0
-    np.add.at(hist, cluster[in_pool], site_hist[in_pool])
-    rows = hist.sum(axis=1).astype(np.int64)
-    pool_rows = int(rows.sum())
-    high = min(need + slack, pool_rows - 1)  # keep at least one cluster for training
-    chosen = choose_clusters(hist, need, high, rng) if high >= need else None
-    if chosen is None:
-        reach, _ = subset_sums(rows, min(need - 1, pool_rows - 1))
-        best = np.flatnonzero(reach).max() / non_test_rows
-        raise SocmapError(
-            f"split.target_val_ratio = {cfg.target_val_ratio:g} cannot be reached: at "
-            f"split.distance_threshold = {cfg.distance_threshold:g} km the {pool_rows} rows outside test and "
-            f"buffer form {n_clusters} linked clusters (largest {rows.max()} rows); the largest reachable "
-            f"validation ratio below it is {best:.4f}")
-    return in_pool & chosen[np.maximum(cluster, 0)]
-
-
-def outside_test(xy: np.ndarray, target: np.ndarray, row_site: np.ndarray, test: np.ndarray,
-                 cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Given the test sites: every site's role before validation (train, test or buffer), the linked
-    cluster of every training site, and every site's rows per target stratum of the training rows."""
-    threshold_m = cfg.distance_threshold * 1000.0
-    base = np.where(test, TEST, TRAIN)
-    base[near_sites(xy, row_site, test, threshold_m)] = BUFFER
-    pool = base == TRAIN
-    if not pool.any():
-        raise SocmapError(f"split.distance_threshold = {cfg.distance_threshold:g} km: the buffer around "
-                          "the test set leaves no rows for training; lower it or split.test_ratio")
-    pool_rows = pool[row_site]
-    site_hist = np.zeros((len(test), cfg.strata))
-    np.add.at(site_hist, (row_site[pool_rows], quantile_bins(target[pool_rows], cfg.strata)), 1)
-    return base, linked_clusters(xy, row_site, pool, threshold_m), site_hist
-
-
 def tested_sites(site_xy: np.ndarray, site_rows: np.ndarray, cfg: SplitConfig,
-                 num_runs: int) -> list[np.ndarray]:
-    """The test sites of every run: one hold-out repeated `num_runs` times, or one fold per run."""
+                 num_runs: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The test sites of every run (one hold-out repeated `num_runs` times, or one fold per run) and the
+    test block of every site."""
     block_m = cfg.test_block_km * 1000.0
     rng = np.random.default_rng([cfg.seed, 0])
     if cfg.mode == "holdout":
-        return [holdout_test(site_xy, site_rows, cfg.test_ratio, block_m, rng)] * num_runs
-    fold = block_folds(site_xy, site_rows, cfg.folds, block_m, rng)
-    return [fold == k for k in range(cfg.folds)]
+        test, block = holdout_test(site_xy, site_rows, cfg.test_ratio, block_m, rng)
+        return [test] * num_runs, block
+    fold, block = block_folds(site_xy, site_rows, cfg.folds, block_m, rng)
+    return [fold == k for k in range(cfg.folds)], block
 
 
-def assign_roles(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> pd.DataFrame:
-    """Role of every row in every run: columns row_id, run, role (rows in sample order within a run)."""
-    xy = samples[["x", "y"]].to_numpy(float)
-    target = samples["target"].to_numpy(float)
-    row_site, site_xy, site_rows = site_table(samples["site_id"].to_numpy(), xy)
-    tests = tested_sites(site_xy, site_rows, cfg, num_runs)
-    if cfg.mode == "holdout":  # one test set: its buffer and clusters serve every run
-        prepared = [outside_test(xy, target, row_site, tests[0], cfg)] * num_runs
-    else:
-        prepared = [outside_test(xy, target, row_site, test, cfg) for test in tests]
-    slack = int(site_rows.max()) - 1
+class Sites:
+    """The rows and sites of the sample table, and the prediction points, in metres."""
+
+    def __init__(self, samples: pd.DataFrame, prediction_xy: np.ndarray):
+        self.xy = samples[["x", "y"]].to_numpy(float)
+        self.target = samples["target"].to_numpy(float)
+        self.row_site, self.site_xy, self.site_rows = site_table(samples["site_id"].to_numpy(), self.xy)
+        self.prediction_xy = np.asarray(prediction_xy, dtype=float)
+
+    def near(self, source: np.ndarray, threshold_m: float) -> np.ndarray:
+        """Sites outside `source` with a row within `threshold_m` of a source row."""
+        return near_sites(self.xy, self.row_site, source, threshold_m)
+
+    def validation_folds(self, test: np.ndarray, folds: int, cfg: SplitConfig,
+                         rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        """Fold of every site outside `test` and its buffer (−1 elsewhere) by kNNDM, and the choice made."""
+        pool = ~test & ~self.near(test, cfg.distance_threshold * 1000.0)
+        if not pool.any():
+            raise SocmapError(no_training_rows(self.xy, test[self.row_site], cfg))
+        if pool.sum() < folds:
+            key = "split.folds" if cfg.mode == "kfold" else "train.num_runs"
+            why = f"split.folds = {folds}" if cfg.mode == "kfold" else "one per run of train.num_runs, two for one run"
+            fewer = f"{key}, " if folds > 2 else ""
+            raise SocmapError(f"split: only {int(pool.sum())} of {len(pool)} sites lie outside the test set and its "
+                              f"buffer, too few for {folds} validation folds ({why}); lower {fewer}split.test_ratio "
+                              f"or split.distance_threshold")
+        fold = np.full(len(pool), -1)
+        fold[pool], report = knndm_folds(self.site_xy[pool], self.site_rows[pool], self.prediction_xy, folds,
+                                         cfg.distance_threshold * 1000.0, rng)
+        return fold, report
+
+
+def no_training_rows(xy: np.ndarray, test_rows: np.ndarray, cfg: SplitConfig) -> str:
+    """Why no row is left for training, and the one change that surely leaves some: the message when
+    the test set and its buffer take every row."""
+    if test_rows.all():
+        return (f"split.test_ratio = {cfg.test_ratio:g}: the test set takes all {len(xy)} rows (it takes whole "
+                "sites), none is left for training")
+    farthest_m = float(cKDTree(xy[test_rows]).query(xy[~test_rows])[0].max())
+    below_km = math.floor(farthest_m * 1000) / 1e6 or farthest_m / 1000  # rounded down to the millimetre
+    return (f"split.distance_threshold = {cfg.distance_threshold:g} km: the buffer around the test set leaves no "
+            f"rows for training (each of the {int((~test_rows).sum())} other rows lies that close to a test row); "
+            f"a threshold below {below_km} km keeps the row farthest from the test set")
+
+
+def run_roles(sites: Sites, test: np.ndarray, val: np.ndarray, cfg: SplitConfig,
+              rng: np.random.Generator) -> np.ndarray:
+    """Role of every site in one run, given its test and validation sites."""
+    threshold_m = cfg.distance_threshold * 1000.0
+    roles = np.full(len(test), TRAIN)
+    roles[sites.near(test, threshold_m)] = BUFFER
+    roles[val] = VAL
+    roles[sites.near(val, threshold_m) & (roles == TRAIN)] = BUFFER
+    roles[test] = TEST
+    pool = roles == TRAIN
+    if not pool.any():
+        raise SocmapError(f"split.distance_threshold = {cfg.distance_threshold:g} km: every site outside test "
+                          "and validation lies within it of a held-out row; lower split.distance_threshold")
+    roles[draw_sites(sites.xy, sites.target, sites.row_site, pool, cfg, rng)] = STOP
+    return roles
+
+
+def assign_roles(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int,
+                 prediction_xy: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Role of every row in every run (columns row_id, run, role, block; rows in sample order within a
+    run) and the kNNDM choice of each run's validation folds."""
+    sites = Sites(samples, prediction_xy)
+    tests, block = tested_sites(sites.site_xy, sites.site_rows, cfg, num_runs)
+    folds, reports = {}, {}
+    if cfg.mode == "holdout":  # one cut of the rows outside test serves every run
+        # one fold per run (two for a single run, which then validates on half the rows)
+        fold, reports["all"] = sites.validation_folds(tests[0], max(2, num_runs), cfg,
+                                                      np.random.default_rng([cfg.seed, 2]))
+        folds = {run: fold == run for run in range(num_runs)}
     frames = []
     for run in tqdm(range(len(tests)), desc="split runs", disable=None):
-        base, cluster, site_hist = prepared[run]
-        non_test_rows = int((~tests[run][row_site]).sum())
-        need = math.ceil(cfg.target_val_ratio * non_test_rows - 1e-9)
-        rng = np.random.default_rng([cfg.seed + run, 1])
-        roles = base.copy()
-        roles[validation_sites(cluster, site_hist, need, slack, rng, cfg, non_test_rows)] = VAL
+        test = tests[run]
+        if cfg.mode == "kfold":
+            fold, reports[str(run)] = sites.validation_folds(test, cfg.folds, cfg,
+                                                             np.random.default_rng([cfg.seed + run, 2]))
+            folds[run] = fold == 0
+        roles = run_roles(sites, test, folds[run], cfg, np.random.default_rng([cfg.seed + run, 1]))[sites.row_site]
         frames.append(pd.DataFrame({"row_id": samples["row_id"].to_numpy(np.int64), "run": np.int64(run),
-                                    "role": np.asarray(ROLES)[roles[row_site]]}))
-    return pd.concat(frames, ignore_index=True)
+                                    "role": np.asarray(ROLES)[roles],
+                                    "block": np.where(roles == TEST, block[sites.row_site], -1).astype(np.int64)}))
+    return pd.concat(frames, ignore_index=True), reports
 
 
-def _stats(target: np.ndarray, sites: np.ndarray) -> dict:
-    return {"rows": int(target.size), "sites": int(np.unique(sites).size),
-            "target_mean": round(float(target.mean()), 3) if target.size else None,
-            "target_std": round(float(target.std()), 3) if target.size else None}
+def quantiles_km(distance_m: np.ndarray) -> dict:
+    """The distance distribution's QUANTILES in km."""
+    if not len(distance_m):
+        return {}
+    return {f"p{q}": round(float(v) / 1000.0, 3) for q, v in zip(QUANTILES, np.percentile(distance_m, QUANTILES))}
 
 
-def _min_distance_km(tree: cKDTree, xy: np.ndarray) -> float | None:
-    return round(float(tree.query(xy)[0].min()) / 1000.0, 3) if len(xy) else None
+def run_figures(sites: Sites, role: np.ndarray, site: np.ndarray) -> dict:
+    """One run's sizes and target statistics by role, and the distances of its held-out rows and the
+    prediction points to its training rows."""
+    masks = {r: np.flatnonzero(role == r) for r in ROLES}
+    tree = cKDTree(sites.xy[masks["train"]])
+    figures = {r: {"rows": int(m.size), "sites": int(np.unique(site[m]).size),
+                   "target_mean": round(float(sites.target[m].mean()), 3) if m.size else None}
+               for r, m in masks.items()}
+    figures["distance_to_train"] = {
+        "val": tree.query(sites.xy[masks["val"]])[0], "test": tree.query(sites.xy[masks["test"]])[0],
+        "prediction": tree.query(sites.prediction_xy)[0]}
+    ks = ks_2samp(sites.target[masks["val"]], sites.target[masks["train"]])
+    figures["val_ks"] = round(float(ks.statistic), 4)
+    return figures
 
 
-def split_metrics(samples: pd.DataFrame, split: pd.DataFrame) -> dict:
-    """Sizes, target statistics, minimum distances and KS of validation against training, per run and overall."""
-    xy = samples[["x", "y"]].to_numpy(float)
-    target = samples["target"].to_numpy(float)
+def split_metrics(samples: pd.DataFrame, split: pd.DataFrame, prediction_xy: np.ndarray,
+                  knndm: dict) -> tuple[dict, dict, dict]:
+    """metrics/split.json (sizes, the three distance distributions pooled over runs, the kNNDM choice),
+    the per-run detail, and the pooled distances (km) for the picture."""
+    sites = Sites(samples, prediction_xy)
     site = samples["site_id"].to_numpy()
     position = pd.Series(np.arange(len(samples)), index=samples["row_id"].to_numpy())
-    runs = {}
+    per_run = {}
     for run, frame in split.groupby("run", sort=True):
-        rows = position[frame["row_id"].to_numpy()].to_numpy()
-        role = frame["role"].to_numpy()
-        masks = {r: rows[role == r] for r in ROLES}
-        tree = cKDTree(xy[masks["train"]])
-        ks = ks_2samp(target[masks["val"]], target[masks["train"]])
-        runs[str(run)] = {
-            **{r: _stats(target[m], site[m]) for r, m in masks.items()},
-            "min_distance_test_train_km": _min_distance_km(tree, xy[masks["test"]]),
-            "min_distance_val_train_km": _min_distance_km(tree, xy[masks["val"]]),
-            "val_ks": round(float(ks.statistic), 4),
-            "val_ks_p": round(float(ks.pvalue), 4),
-        }
-    per_run = list(runs.values())
-    distances = [d for r in per_run for d in (r["min_distance_test_train_km"], r["min_distance_val_train_km"])
-                 if d is not None]
-
-    def mean(key: str, role: str | None = None) -> float:
-        return round(float(np.mean([r[role][key] if role else r[key] for r in per_run])), 4)
-
-    return {
-        "rows": len(samples), "sites": int(np.unique(site).size), "runs": len(runs),
-        **{f"{r}_rows": mean("rows", r) for r in ROLES},
-        "val_ks_mean": mean("val_ks"),
-        "val_ks_p_min": min(r["val_ks_p"] for r in per_run),
-        "min_distance_km": min(distances) if distances else None,
-        "per_run": runs,
+        role = np.empty(len(samples), dtype=object)
+        role[position[frame["row_id"].to_numpy()].to_numpy()] = frame["role"].to_numpy()
+        per_run[str(run)] = run_figures(sites, role, site)
+    pooled = {kind: np.concatenate([r["distance_to_train"][kind] for r in per_run.values()])
+              for kind in ("val", "test", "prediction")}
+    held = np.concatenate([pooled["val"], pooled["test"]])
+    metrics = {
+        "rows": len(samples), "sites": int(np.unique(site).size), "runs": len(per_run),
+        **{f"{r}_rows": round(float(np.mean([p[r]["rows"] for p in per_run.values()])), 2) for r in ROLES},
+        "val_ks_mean": round(float(np.mean([p["val_ks"] for p in per_run.values()])), 4),
+        "min_distance_km": round(float(held.min()) / 1000.0, 3) if held.size else None,
+        "distance_to_train_km": {kind: quantiles_km(d) for kind, d in pooled.items()},
+        "knndm_clusters": {k: r["clusters"] for k, r in knndm.items()},
     }
+    detail = {run: {**{k: v for k, v in r.items() if k != "distance_to_train"},
+                    "distance_to_train_km": {kind: quantiles_km(d) for kind, d in r["distance_to_train"].items()}}
+              for run, r in per_run.items()}
+    return metrics, {"runs": detail, "knndm": knndm}, {kind: d / 1000.0 for kind, d in pooled.items()}
+
+
+def distance_ecdf(distances: dict[str, np.ndarray], steps: int = 100) -> pd.DataFrame:
+    """The share of each kind's distances (km) at most `km`, on `steps` + 1 even steps from 0 to the
+    largest: the table behind the distances picture, one column per kind, for `dvc plots`."""
+    largest = max((float(d.max()) for d in distances.values() if d.size), default=0.0)
+    km = np.linspace(0.0, largest, steps + 1)
+    table = {"km": km.round(4)}
+    for kind, d in distances.items():
+        d = np.sort(d)
+        table[kind] = (np.searchsorted(d, km, side="right") / d.size).round(4) if d.size else np.nan
+    return pd.DataFrame(table)
 
 
 def main(params) -> None:
-    """Read data/processed/samples.parquet; write data/splits/split.parquet and metrics/split.json."""
+    """Read the sample table and the prediction points; write data/splits/ and metrics/split.json."""
+    from socmap.plots import plot_distances
+
     samples = read_samples(paths.SAMPLES)
-    split = assign_roles(samples, params.split, params.train.num_runs)
-    metrics = split_metrics(samples, split)
+    prediction = pd.read_parquet(paths.PREDICTION_POINTS)[["x", "y"]].to_numpy(float)
+    split, knndm = assign_roles(samples, params.split, params.train.num_runs, prediction)
+    metrics, detail, distances = split_metrics(samples, split, prediction, knndm)
     with atomic_path(paths.SPLIT) as tmp:
         split.to_parquet(tmp, index=False)
+    write_json(paths.SPLIT_DETAIL, detail)
     write_json(paths.SPLIT_METRICS, metrics)
-    log.info("split (%s): %d rows; per run %s; validation KS %.3f (min p %.3f); min distance %.3f km",
-             params.split.mode, metrics["rows"],
-             ", ".join(f"{r} {metrics[f'{r}_rows']:g}" for r in ROLES),
-             metrics["val_ks_mean"], metrics["val_ks_p_min"], metrics["min_distance_km"] or 0.0)
+    with atomic_path(paths.SPLIT_PLOTS / "distances.csv") as tmp:
+        distance_ecdf(distances).to_csv(tmp, index=False)
+    plot_distances(distances, paths.SPLIT_PLOTS / "distances.png")
+    d = metrics["distance_to_train_km"]
+    log.info("split (%s): %d rows; per run %s; median km to training: val %.2f, test %.2f, map pixels %.2f",
+             params.split.mode, metrics["rows"], ", ".join(f"{r} {metrics[f'{r}_rows']:g}" for r in ROLES),
+             d["val"].get("p50", np.nan), d["test"].get("p50", np.nan), d["prediction"].get("p50", np.nan))

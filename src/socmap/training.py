@@ -1,12 +1,13 @@
-"""One run's training: its rows in memory, the epochs, early stopping on validation r2, the resume state.
+"""One run's training: its rows in memory, the epochs, early stopping on the stop rows' r2, the resume state.
 
-The training and validation rows' patches are read from the memory-mapped patches once, the feature
-normalisation and target transform are fitted on the training rows, and the model trains for up to
-`train.epochs` epochs (AdamW, a learning-rate schedule, gradient clipping, early stopping after
-`train.patience` epochs without a better validation r2). With `train.augment` every training window
-is turned and mirrored at random (one of the square's 8 symmetries per row): the soil does not care
-which way is north, and ~3000 rows overfit without it. The epoch with the best validation r2 (g/kg,
-over every process's validation rows) is the one kept, as a copy of its weights.
+The training, stop and validation rows' patches are read from the memory-mapped patches once, the
+feature normalisation and target transform are fitted on the training rows, and the model trains for
+up to `train.epochs` epochs (AdamW, a learning-rate schedule, gradient clipping, early stopping after
+`train.patience` epochs without a better r2 on the stop rows). With `train.augment` every training
+window is turned and mirrored at random (one of the square's 8 symmetries per row): the soil does not
+care which way is north, and ~3000 rows overfit without it. The epoch with the best stop r2 (g/kg,
+over every process's stop rows) is the one kept, as a copy of its weights, and scored once on the
+validation rows, which chose nothing.
 
 Every `train.checkpoint_every` epochs the whole training state goes to a resume file; a run that was
 interrupted starts again from there when its fingerprint (params and inputs) is unchanged, replays
@@ -37,8 +38,8 @@ from socmap.config import TrainConfig
 from socmap.errors import SocmapError
 from socmap.losses import RegressionLoss, row_sigma
 from socmap.metrics import regression_metrics
-from socmap.models import ModelSpec
-from socmap.transforms import DIHEDRAL, FeatureNorm, TargetTransform, random_dihedral, symmetric_mean
+from socmap.models import ModelSpec, views
+from socmap.transforms import DIHEDRAL, GROUPS, FeatureNorm, TargetTransform, random_symmetry, symmetric_mean
 
 log = logging.getLogger(__name__)
 
@@ -52,49 +53,58 @@ EpochCallback = Callable[[int, dict], None]  # (run, the epoch's record), after 
 
 
 @dataclass
-class RunData:
-    """One run's rows in memory, normalised, with the fitted transforms and the loss."""
+class Rows:
+    """A set of a run's rows in memory: normalised patches and the target, transformed and in g/kg."""
 
-    x_train: torch.Tensor  # [N, C, W, W, T], normalised
-    y_train: torch.Tensor  # [N], transformed target
-    sigma_train: torch.Tensor  # [N], σ'_i
-    target_train: np.ndarray  # [N], g/kg
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    sigma_val: torch.Tensor
-    target_val: np.ndarray
+    x: torch.Tensor  # [N, C, W, W, T], normalised
+    y: torch.Tensor  # [N], transformed target
+    sigma: torch.Tensor  # [N], σ'_i
+    target: np.ndarray  # [N], g/kg
+
+    def to(self, device: torch.device) -> "Rows":
+        return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device), sigma=self.sigma.to(device))
+
+
+@dataclass
+class RunData:
+    """One run's training, early-stopping and validation rows, with the transforms fitted on the training
+    rows and the loss."""
+
+    train: Rows
+    stop: Rows  # choose the best epoch
+    val: Rows  # the run's honest figures: chose nothing
     features: FeatureNorm
     target: TargetTransform
     loss: RegressionLoss
 
     def to(self, device: torch.device) -> "RunData":
-        """The tensors moved to `device` once per run (a GPU then indexes its batches without host copies)."""
-        moved = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return dataclasses.replace(self, **moved)
+        """The rows moved to `device` once per run (a GPU then indexes its batches without host copies)."""
+        return dataclasses.replace(self, train=self.train.to(device), stop=self.stop.to(device),
+                                   val=self.val.to(device))
 
 
-def prepare_run(patches: np.ndarray, targets: np.ndarray, train_pos: np.ndarray, val_pos: np.ndarray,
+def prepare_run(patches: np.ndarray, targets: np.ndarray, positions: dict[str, np.ndarray],
                 cfg: TrainConfig) -> RunData:
-    """Read a run's rows from the (memory-mapped) patches once and fit everything on the training rows."""
-    raw_train = np.asarray(patches[train_pos], dtype=np.float32)  # one fancy-indexed read per run
-    raw_val = np.asarray(patches[val_pos], dtype=np.float32)
-    features = FeatureNorm.fit(raw_train)
-    target_train, target_val = targets[train_pos].astype(np.float64), targets[val_pos].astype(np.float64)
-    transform = TargetTransform.fit(cfg.target_transform, target_train)
-    sigma_train = row_sigma(target_train, cfg.loss_sigma, cfg.loss_sigma_relative, transform)
-    sigma_val = row_sigma(target_val, cfg.loss_sigma, cfg.loss_sigma_relative, transform)
+    """Read a run's rows (`positions`: train, stop, val) from the (memory-mapped) patches once and fit
+    everything on the training rows."""
+    raw = {role: np.asarray(patches[pos], dtype=np.float32) for role, pos in positions.items()}  # one read each
+    target = {role: targets[pos].astype(np.float64) for role, pos in positions.items()}
+    sigma = {}
+    features = FeatureNorm.fit(raw["train"])
+    transform = TargetTransform.fit(cfg.target_transform, target["train"])
 
-    def tensor(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(values, dtype=np.float32))
+    def rows(role: str) -> Rows:
+        sigma[role] = row_sigma(target[role], cfg.loss_sigma, cfg.loss_sigma_relative, transform)
+        return Rows(features(torch.from_numpy(raw[role])), tensor(transform.forward(target[role])),
+                    tensor(sigma[role]), target[role])
 
-    return RunData(
-        x_train=features(torch.from_numpy(raw_train)), y_train=tensor(transform.forward(target_train)),
-        sigma_train=tensor(sigma_train), target_train=target_train,
-        x_val=features(torch.from_numpy(raw_val)), y_val=tensor(transform.forward(target_val)),
-        sigma_val=tensor(sigma_val), target_val=target_val,
-        features=features, target=transform,
-        loss=RegressionLoss(cfg.loss_type, cfg.loss_alpha, sigma_train),
-    )
+    train, stop, val = rows("train"), rows("stop"), rows("val")
+    return RunData(train, stop, val, features, transform, RegressionLoss(cfg.loss_type, cfg.loss_alpha, sigma["train"]))
+
+
+def tensor(values: np.ndarray) -> torch.Tensor:
+    """float32 tensor of an array."""
+    return torch.as_tensor(np.asarray(values, dtype=np.float32))
 
 
 def epoch_order(targets: np.ndarray, cfg: TrainConfig, run: int, epoch: int) -> np.ndarray:
@@ -113,20 +123,20 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
                 cfg: TrainConfig, accelerator: Accelerator, augment: torch.Generator | None = None) -> float:
     """One pass over `order`; every process takes its share. Returns the mean training loss over all rows.
 
-    With a generator `augment`, every row of a batch is turned by one of the window's 8 symmetries
+    With a generator `augment`, every row of a batch is turned by one of train.augment's window symmetries
     (rotations and mirrors) drawn from it.
     """
     world, rank = accelerator.num_processes, accelerator.process_index
     shard = np.resize(order, math.ceil(len(order) / world) * world)[rank::world]  # equal shares: same step count
-    shard = torch.from_numpy(shard).to(data.x_train.device)
+    shard = torch.from_numpy(shard).to(data.train.x.device)
     per_process = max(1, cfg.batch_size // world)
     model.train()
     loss_sum, rows = torch.zeros((), dtype=torch.float64, device=accelerator.device), 0
     for start in range(0, len(shard), per_process):
         idx = shard[start:start + per_process]
-        x, y, sigma = data.x_train[idx], data.y_train[idx], data.sigma_train[idx]  # [b, C, W, W, T], [b], [b]
+        x, y, sigma = data.train.x[idx], data.train.y[idx], data.train.sigma[idx]  # [b, C, W, W, T], [b], [b]
         if augment is not None:
-            x = random_dihedral(x, augment)
+            x = random_symmetry(x, augment, GROUPS[cfg.augment])
         loss = train_step(model, optimizer, data, x, y, sigma, cfg, accelerator)
         loss_sum += loss.detach().double() * len(idx)  # no .item(): a GPU need not wait for every step
         rows += len(idx)
@@ -147,21 +157,21 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: R
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, data: RunData, accelerator: Accelerator, views: int) -> tuple[float, dict]:
-    """Validation loss (transformed space) and metrics (g/kg) over all validation rows, every process's
-    share predicted (as the mean over `views` window symmetries, as a Predictor does) and gathered."""
+def validate(model: torch.nn.Module, rows: Rows, data: RunData, accelerator: Accelerator,
+             views: tuple[int, ...]) -> tuple[float, dict]:
+    """Loss (transformed space) and metrics (g/kg) over `rows`, every process's share predicted (as the
+    mean over `views` window symmetries, as a Predictor does) and gathered."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    n = len(data.x_val)
+    n = len(rows.x)
     per = math.ceil(n / world)
-    mine = torch.arange(rank * per, (rank + 1) * per, device=data.x_val.device) % n  # padded by wrapping
+    mine = torch.arange(rank * per, (rank + 1) * per, device=rows.x.device) % n  # padded by wrapping
     net = accelerator.unwrap_model(model)
     net.eval()
-    predicted = torch.cat([symmetric_mean(net, data.x_val[chunk], views).float()
-                           for chunk in mine.split(EVAL_BATCH)])
-    predicted = accelerator.gather(predicted)[:n]  # [n], in validation row order
-    loss = float(data.loss(predicted, data.y_val, data.sigma_val))
+    predicted = torch.cat([symmetric_mean(net, rows.x[chunk], views).float() for chunk in mine.split(EVAL_BATCH)])
+    predicted = accelerator.gather(predicted)[:n]  # [n], in row order
+    loss = float(data.loss(predicted, rows.y, rows.sigma))
     grams = data.target.inverse(predicted.double().cpu()).numpy()
-    return loss, regression_metrics(data.target_val, grams)
+    return loss, regression_metrics(rows.target, grams)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -186,7 +196,7 @@ def seed_for(*keys: int) -> int:
 def augmenter(cfg: TrainConfig, run: int, epoch: int, rank: int) -> torch.Generator | None:
     """The generator of an epoch's window symmetries (train.augment), seeded like its dropout but apart
     from it; None when augmentation is off."""
-    if not cfg.augment:
+    if cfg.augment == "none":
         return None
     return torch.Generator().manual_seed(seed_for(cfg.seed, run, epoch, rank, DIHEDRAL))
 
@@ -240,49 +250,60 @@ def start_run(run: int, cfg: TrainConfig, spec: ModelSpec, resume: Resume):
 
 def train_run(run: int, data: RunData, cfg: TrainConfig, spec: ModelSpec, accelerator: Accelerator,
               resume: Resume, live: Live | None = None, callback: EpochCallback | None = None) -> dict:
-    """Train one run; returns its best epoch as {"state_dict", "epoch", "val_metrics", "history"}."""
+    """Train one run; returns its best epoch, chosen on the stop rows, as {"state_dict", "epoch",
+    "stop_metrics", "val_metrics" (that epoch's figures on the validation rows), "history"}."""
     model, optimizer, scheduler, state = start_run(run, cfg, spec, resume)
     if live is not None:
         for record in state["history"]:  # the epochs before an interruption, logged again
             log_epoch(live, run, record)
     model, optimizer = accelerator.prepare(model, optimizer)
     while not state["done"]:
-        epoch = state["next_epoch"]
-        torch.manual_seed(seed_for(cfg.seed, run, epoch, accelerator.process_index))  # dropout
-        train_loss = train_epoch(model, optimizer, data, epoch_order(data.target_train, cfg, run, epoch),
-                                 cfg, accelerator, augmenter(cfg, run, epoch, accelerator.process_index))
-        val_loss, metrics = validate(model, data, accelerator, cfg.tta)
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                  "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": metrics[k] for k in LOGGED}}
-        if state["best"] is None or metrics["r2"] > state["best"]["val_metrics"]["r2"]:
-            weights = accelerator.unwrap_model(model).state_dict()
-            # a copy, not references to the live tensors: the original's "best" was really the last epoch
-            state["best"] = {"state_dict": {k: v.detach().to("cpu", copy=True) for k, v in weights.items()},
-                             "epoch": epoch, "val_metrics": metrics}
-            state["stale"] = 0
-        else:
-            state["stale"] += 1
-        if cfg.scheduler == "plateau":
-            scheduler.step(metrics["r2"])
-        elif scheduler is not None:
-            scheduler.step()
-        stop_early = cfg.patience > 0 and state["stale"] >= cfg.patience
-        state.update(next_epoch=epoch + 1, done=epoch + 1 == cfg.epochs or stop_early)
-        state["history"].append(record)
-        log.info("run %d epoch %d/%d: train_loss %.4f val_loss %.4f val_r2 %.3f rmse %.2f mae %.2f "
-                 "(best r2 %.3f at epoch %d)%s", run, epoch + 1, cfg.epochs, train_loss, val_loss, metrics["r2"],
-                 metrics["rmse"], metrics["mae"], state["best"]["val_metrics"]["r2"], state["best"]["epoch"] + 1,
-                 "; stopping early" if stop_early else "")
+        record = run_epoch(run, model, optimizer, scheduler, data, cfg, accelerator, state)
         if live is not None:
             log_epoch(live, run, record)
-        if state["done"] or (epoch + 1) % cfg.checkpoint_every == 0:
+        if state["done"] or (record["epoch"] + 1) % cfg.checkpoint_every == 0:
             if accelerator.is_main_process:
                 resume.write(accelerator.unwrap_model(model), optimizer, scheduler, state)
             accelerator.wait_for_everyone()
         if callback is not None:
             callback(run, record)
+    accelerator.unwrap_model(model).load_state_dict(state["best"]["state_dict"])
+    _, val_metrics = validate(model, data.val, data, accelerator, views(cfg))
     accelerator.free_memory()
-    return {**state["best"], "history": state["history"]}
+    return {**state["best"], "val_metrics": val_metrics, "history": state["history"]}
+
+
+def run_epoch(run: int, model: torch.nn.Module, optimizer, scheduler, data: RunData, cfg: TrainConfig,
+              accelerator: Accelerator, state: dict) -> dict:
+    """One epoch: train, score the stop rows, keep the best epoch, step the schedule, decide whether to
+    stop; updates `state` and returns the epoch's record."""
+    epoch = state["next_epoch"]
+    torch.manual_seed(seed_for(cfg.seed, run, epoch, accelerator.process_index))  # dropout
+    train_loss = train_epoch(model, optimizer, data, epoch_order(data.train.target, cfg, run, epoch), cfg,
+                             accelerator, augmenter(cfg, run, epoch, accelerator.process_index))
+    stop_loss, metrics = validate(model, data.stop, data, accelerator, views(cfg))
+    record = {"epoch": epoch, "train_loss": train_loss, "stop_loss": stop_loss,
+              "lr": optimizer.param_groups[0]["lr"], **{f"stop_{k}": metrics[k] for k in LOGGED}}
+    if state["best"] is None or metrics["r2"] > state["best"]["stop_metrics"]["r2"]:
+        weights = accelerator.unwrap_model(model).state_dict()
+        # a copy, not references to the live tensors: the original's "best" was really the last epoch
+        state["best"] = {"state_dict": {k: v.detach().to("cpu", copy=True) for k, v in weights.items()},
+                         "epoch": epoch, "stop_metrics": metrics}
+        state["stale"] = 0
+    else:
+        state["stale"] += 1
+    if cfg.scheduler == "plateau":
+        scheduler.step(metrics["r2"])
+    elif scheduler is not None:
+        scheduler.step()
+    stop_early = cfg.patience > 0 and state["stale"] >= cfg.patience
+    state.update(next_epoch=epoch + 1, done=epoch + 1 == cfg.epochs or stop_early)
+    state["history"].append(record)
+    log.info("run %d epoch %d/%d: train_loss %.4f stop_loss %.4f stop_r2 %.3f rmse %.2f mae %.2f "
+             "(best r2 %.3f at epoch %d)%s", run, epoch + 1, cfg.epochs, train_loss, stop_loss, metrics["r2"],
+             metrics["rmse"], metrics["mae"], state["best"]["stop_metrics"]["r2"], state["best"]["epoch"] + 1,
+             "; stopping early" if stop_early else "")
+    return record
 
 
 def log_epoch(live: Live, run: int, record: dict) -> None:

@@ -106,30 +106,31 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(2, 3))
 
 
-# train.tta: the symmetries a prediction averages over, each set a group: the identity; with the half
-# turn; the four rotations; the rotations with and without a mirror
-VIEWS = dict(zip(choices(TrainConfig, "tta"), ((0,), (0, 2), (0, 1, 2, 3), tuple(range(DIHEDRAL))), strict=True))
+# train.augment: the groups of window symmetries a training window is drawn from (and a prediction averages
+# with train.tta): none; the east-west mirror, which keeps north up (a direction effect such as more carbon
+# on north-facing slopes survives it); the four quarter turns; all eight
+GROUPS = dict(zip(choices(TrainConfig, "augment"), ((0,), (0, 4), (0, 1, 2, 3), tuple(range(DIHEDRAL))), strict=True))
 
 
-def symmetric_mean(model: torch.nn.Module, x: torch.Tensor, views: int) -> torch.Tensor:
-    """`model`'s output for normalised patches ``[B, C, H, W, T]`` averaged over `views` (1, 2, 4 or 8)
-    symmetries of the window (test-time augmentation): ``[B]``, one forward pass per symmetry."""
-    if views == 1:
+def symmetric_mean(model: torch.nn.Module, x: torch.Tensor, views: tuple[int, ...]) -> torch.Tensor:
+    """`model`'s output for normalised patches ``[B, C, H, W, T]`` averaged over the window symmetries
+    `views` (test-time augmentation): ``[B]``, one forward pass per symmetry."""
+    if tuple(views) == (0,):
         return model(x)
-    return torch.stack([model(dihedral(x, k)) for k in VIEWS[views]]).mean(0)
+    return torch.stack([model(dihedral(x, k)) for k in views]).mean(0)
 
 
-def random_dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each row of ``[B, C, H, W, T]`` under one of the 8 window symmetries, drawn from `generator` (CPU).
+def random_symmetry(x: torch.Tensor, generator: torch.Generator, group: tuple[int, ...]) -> torch.Tensor:
+    """Each row of ``[B, C, H, W, T]`` under one of the window symmetries `group`, drawn from `generator` (CPU).
 
-    Label-preserving where the process has no preferred direction. One indexed copy per symmetry,
-    not per row; the draw depends only on the generator's state and B.
+    Label-preserving where the process does not care about the directions the group mixes. One
+    indexed copy per symmetry, not per row; the draw depends only on the generator's state and B.
     """
     if x.shape[2] != x.shape[3]:
         raise ValueError(f"the window of patches {tuple(x.shape)} is not square")
-    draw = torch.randint(DIHEDRAL, (x.shape[0],), generator=generator).to(x.device)
+    draw = torch.tensor(group)[torch.randint(len(group), (x.shape[0],), generator=generator)].to(x.device)
     out = torch.empty_like(x)
-    for k in range(DIHEDRAL):
+    for k in group:
         rows = (draw == k).nonzero().squeeze(1)
         if rows.numel():
             out[rows] = dihedral(x[rows], k)

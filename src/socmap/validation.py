@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import string
 import types
 import typing
 from typing import Any, Literal
@@ -21,7 +23,8 @@ class Invalid(Exception):
 
 
 def bounds(**limits: Any) -> dict:
-    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers; length for sequences."""
+    """Field metadata: ge, gt, le, lt bounds; odd=True for odd integers (off: a value that switches the
+    option off and need not be odd); length for sequences."""
     return limits
 
 
@@ -95,6 +98,39 @@ def scalar(tp: type, value: Any, key: str, meta: Any) -> Any:
         if not all(test(value, bound) for (test, _), bound in bounds):
             valid = " and ".join(f"{sym} {bound}" for (_, sym), bound in bounds)
             raise Invalid(f"{key} = {value!r}: must be {valid}")
-        if meta.get("odd") and value % 2 == 0:
+        if meta.get("odd") and value % 2 == 0 and value != meta.get("off"):
             raise Invalid(f"{key} = {value!r}: must be odd, so that the window has a centre pixel")
     return value
+
+
+def check_pattern(pattern: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    """A path pattern with `required` placeholders and no others than `allowed` (``{band}/{year}.tif``)."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    except ValueError as exc:
+        raise Invalid(f"{key} = {pattern!r}: not a path pattern ({exc})") from None
+    valid = " and ".join(f"{{{name}}}" for name in allowed)
+    unknown = sorted(names - set(allowed))
+    if unknown:
+        raise Invalid(f"{key} = {pattern!r}: unknown placeholder {{{unknown[0]}}}; use {valid}")
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise Invalid(f"{key} = {pattern!r}: must contain {{{missing[0]}}}")
+
+
+def inside(path: str, folder: str | os.PathLike) -> bool:
+    """Whether `path` lies inside `folder`, both taken from the working directory (links not followed)."""
+    target, top = os.path.abspath(path), os.path.abspath(folder)
+    return target != top and os.path.commonpath([target, top]) == top
+
+
+def parse_crs(crs: str, key: str):
+    """The pyproj CRS a params value names, or `Invalid` naming the key."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError:
+        raise Invalid(f"{key} = {crs!r}: not a CRS; use an EPSG code such as EPSG:25832, EPSG:3035 "
+                      "or EPSG:4326") from None

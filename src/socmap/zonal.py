@@ -97,16 +97,18 @@ class Polygons:
     def __len__(self) -> int:
         return len(self.shapes)
 
-    def block_sums(self, rows: np.ndarray, cols: np.ndarray, x: np.ndarray, y: np.ndarray,
-                   predicted: np.ndarray, sigma: np.ndarray, inside_aoa: np.ndarray | None) -> dict[int, PolygonSums]:
+    def block_sums(self, rows: np.ndarray, cols: np.ndarray, centres: tuple[np.ndarray, np.ndarray],
+                   ground: tuple[np.ndarray, np.ndarray], predicted: np.ndarray, sigma: np.ndarray,
+                   inside_aoa: np.ndarray | None) -> dict[int, PolygonSums]:
         """Each polygon's sums over one block's pixels in one map year (the polygons it touches).
 
         Args:
-            rows, cols: [h, w] grid positions; x, y: [h, w] pixel centres (grid CRS);
+            rows, cols: [h, w] grid positions; centres: x, y [h, w] of the pixel centres in the grid's
+                CRS (the polygons'); ground: the same in the working CRS (metres, as the kriging fields);
             predicted: [M, h, w] the members' (kriged) predictions, NaN where unpredicted;
             sigma: [h, w] each pixel's shared scale; inside_aoa: [h, w] bool, or None.
         """
-        mapped = np.isfinite(predicted).all(axis=0)
+        (x, y), mapped = centres, np.isfinite(predicted).all(axis=0)
         out = {}
         for index, shape in enumerate(self.shapes):
             west, south, east, north = shape.bounds
@@ -120,7 +122,7 @@ class Polygons:
             sampled = here & (rows % step == 0) & (cols % step == 0)
             out[index] = PolygonSums(predicted[:, here].sum(axis=1, dtype=np.float64), int(here.sum()),
                                      int(inside_aoa[here].sum()) if inside_aoa is not None else 0,
-                                     [np.stack([x[sampled], y[sampled], sigma[sampled]])])
+                                     [np.stack([ground[0][sampled], ground[1][sampled], sigma[sampled]])])
         return out
 
 
