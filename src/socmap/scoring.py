@@ -104,7 +104,8 @@ def headline(details: dict) -> dict:
     The ensemble's test figures, the validation r2 of what is scored (every validation row predicted by
     a run that did not fit it, kriged when kriging is on: choose on it, never on test) and its spread over
     runs, the runs' test r2, the bootstrap intervals, each baseline's r2 (interval figures, if it has
-    intervals) and the ensemble's gain over it, the ensemble without kriging and the simulated world's ceiling.
+    intervals) and the ensemble's gain over it, the ensemble without kriging, the simulated world's ceiling
+    and the area of applicability's threshold with the share of test rows inside it.
     """
     val_r2 = np.array([run["val_r2"] for run in details["runs"].values()])
     top = {key: details[key] for key in ("mode", "n", "interval", *REGRESSION_METRICS, "picp", "interval_width",
@@ -121,6 +122,7 @@ def headline(details: dict) -> dict:
     if "truth" in details["ceiling"]:
         top["ceiling"] = {"truth_r2": details["ceiling"]["truth"]["r2"],
                           "truth_covariates_r2": details["ceiling"]["truth_covariates"]["r2"]}
+    top.update({key: details[key] for key in ("aoa_threshold", "aoa_test_inside") if key in details})
     return top
 
 
