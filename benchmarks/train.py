@@ -8,7 +8,10 @@ already in place. Target: ≤ 1.15 on CPU, ≤ 1.3 on CUDA. Random patches of th
 default shape (6 bands, 5×5 pixels, 5 years) stand in for the sample stage's,
 memory-mapped from a temporary .npy as the stage reads them.
 
-    python benchmarks/train.py [--batches 12] [--repeats 5] [--threads N]
+    python benchmarks/train.py [--batches 12] [--repeats 5] [--threads N] [--set train.model=attention ...]
+
+`--set` measures a model option (train.model, train.augment, sample.context as extra channels) the
+same way.
 
 The last line printed is one JSON object; `cpu` names the machine (`machine.cpu_note`).
 """
@@ -24,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from socmap import training
 from socmap.launch import make_accelerator
-from socmap.config import Params
+from socmap.config import Params, replace
 from socmap.models import ModelSpec, views
+from socmap.patches import channel_names
 
 from machine import cpu_note
 
@@ -53,15 +58,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=Params().train.threads,
                         help="torch CPU threads (default: train.threads; 0: one per core)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="params to change from the defaults (values read as YAML)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = Params()
+    params = replace(Params(), **{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    channels = channel_names(params.data.bands, params.sample.context)
     cfg = params.train
     # continuous random targets fill every balance bin alike: an epoch is exactly the training rows,
     # in whole batches, so that the real epoch and the fixed-batch loop do the same work
     rows = args.batches * cfg.batch_size * 10 // 9
-    shape = (rows, len(params.data.bands), params.sample.window_size, params.sample.window_size,
+    shape = (rows, len(channels), params.sample.window_size, params.sample.window_size,
              params.sample.time_before)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +85,7 @@ def main() -> None:
     accelerator = make_accelerator(cfg)
     data = data.to(accelerator.device)
     torch.manual_seed(0)
-    model = ModelSpec.from_params(cfg, list(params.data.bands), shape[2], shape[-1]).build()
+    model = ModelSpec.from_params(cfg, channels, shape[2], shape[-1]).build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     order = training.epoch_order(data.train.target, cfg, run=0, epoch=0)
@@ -105,6 +113,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "model": cfg.model,
         "augment": cfg.augment,
+        "channels": len(channels),
         "rows_per_epoch": len(order),
         "batch_size": cfg.batch_size,
         "steps": steps,

@@ -80,11 +80,16 @@ def test_without_kriging_the_residual_variograms_correlate_the_places():
     assert shared.mean_variance(x, y, sigma, 2) == pytest.approx((8 + 8 * 0.5 * np.exp(-1)) / 4)
 
 
-def test_the_floor_is_the_squared_mean_of_the_standardised_validation_errors():
+def test_the_floor_is_the_bias_share_and_the_scale_the_rms_of_the_standardised_validation_errors():
     honest = HonestErrors(row=np.arange(4), run=np.zeros(4, int), error=np.array([1.0, 3.0, -1.0, 1.0]),
                           sigma=np.array([1.0, 1.0, 1.0, 2.0]))
     shared = SharedError.fit(honest)
-    assert shared.bias == pytest.approx((1 + 3 - 1 + 0.5) / 4) and shared.floor == pytest.approx(0.875**2)
+    square = (1 + 9 + 1 + 0.25) / 4  # the mean of (e / σ)²
+    assert shared.bias == pytest.approx((1 + 3 - 1 + 0.5) / 4) and shared.floor == pytest.approx(0.875**2 / square)
+    assert shared.scale == pytest.approx(np.sqrt(square))
+    x, y = np.array([0.0, 5000.0]), np.zeros(2)
+    unit = SharedError(shared.floor, shared.bias, shared.rows)  # σ as the error's scale
+    assert shared.mean_variance(x, y, np.ones(2), 2) == pytest.approx(square * unit.mean_variance(x, y, np.ones(2), 2))
 
 
 def calibration(runs: int = 3) -> dict:

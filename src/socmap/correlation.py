@@ -12,8 +12,9 @@ errors, nor does it shrink like 1/n:
   residual fields (`kriging_error_pairs`): high for neighbouring pixels that krige from the same
   sites, lower where each has sites of its own, the correlation of the residuals themselves far from
   every site; the calibration already scales σ with the kriging variance, so it models the error as
-  kriging error. The floor is what never averages out: the bias of the validation rows' errors
-  relative to σ (the square of their mean of e / σ). Without kriging cᵢⱼ
+  kriging error. The floor is what never averages out: the bias of the validation rows' errors, as
+  a share of their mean square (of e / σ); the shared variance is in units of σ² times that mean
+  square (σ is the conformal calibration's unit, not the error's standard deviation). Without kriging cᵢⱼ
   is the correlation of each run's training residuals at that distance. Fitting ρ to the validation
   errors themselves does not work: they lie ≥ `split.distance_threshold` from training, in few pairs
   at short lags, and a row of one run is kriging data of another.
@@ -84,19 +85,27 @@ class SharedError:
     bias: float  # the validation rows' mean of e / σ
     rows: int  # the (run, validation row) pairs behind it
     variograms: tuple[tuple[float, float, float], ...] = ()  # without kriging: each run's (nugget, sill, range_km)
+    scale: float = 1.0  # the validation rows' root mean square of e / σ: σ's scale to the error's
 
     @classmethod
     def fit(cls, honest: HonestErrors, variograms: Sequence[Variogram] = ()) -> "SharedError":
-        """The floor from the validation errors: the square of their mean of e / σ (in expectation the
-        squared bias plus the variance of its estimate).
+        """The floor from the validation errors: the square of their mean of e / σ over their mean square
+        (in expectation the squared bias plus the variance of its estimate, as a share of the error);
+        the scale, their root mean square of e / σ. σ is the conformal calibration's unit, not the
+        error's standard deviation: the calibrated quantiles of e / σ make the pixels' intervals, and a
+        polygon's mean, an average of many pixels' errors, has the normal interval of its variance in
+        σ²·scale².
 
         Args:
             variograms: each run's variogram of its training residuals, for a map without kriging.
         """
         z = honest.error / honest.sigma
-        floor = min(1.0, float(z.mean() ** 2)) if len(z) else 1.0
-        return cls(floor, float(z.mean()) if len(z) else float("nan"), int(len(z)),
-                   tuple((v.nugget, v.sill, v.range_km) for v in variograms))
+        if len(z) < 2:
+            return cls(1.0, float(z.mean()) if len(z) else float("nan"), int(len(z)),
+                       tuple((v.nugget, v.sill, v.range_km) for v in variograms))
+        floor = min(1.0, float(z.mean() ** 2 / np.mean(z**2)))
+        return cls(floor, float(z.mean()), int(len(z)), tuple((v.nugget, v.sill, v.range_km) for v in variograms),
+                   float(np.sqrt(np.mean(z**2))))
 
     def mean_variance(self, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, pixels: int,
                       fields: Sequence[ResidualField] = ()) -> float:
@@ -123,7 +132,8 @@ class SharedError:
             correlated = np.mean([kriging_error_pairs(field, km, sigma) for field in fields]) / pairs
         else:
             correlated = np.mean([residual_pairs(Variogram(*v), km, sigma) for v in self.variograms] or [0.0]) / pairs
-        return diagonal / pixels + (1.0 - 1.0 / pixels) * (self.floor * level + (1.0 - self.floor) * correlated)
+        shared = diagonal / pixels + (1.0 - 1.0 / pixels) * (self.floor * level + (1.0 - self.floor) * correlated)
+        return shared * self.scale**2
 
 
 def kriging_error_pairs(field: ResidualField, km: np.ndarray, sigma: np.ndarray) -> float:
