@@ -112,8 +112,8 @@ def random_boxes(grid: GridSpec, count: int, rng: np.random.Generator) -> list:
 
 
 @pytest.mark.xfail(strict=True, reason="since validation rows lie beyond the split's buffer (kNNDM folds, "
-                   "cross-fitted kriging) the tiny world's polygon intervals over-cover (0.98 at 0.90): the shared "
-                   "error's floor, fitted on those rows, no longer matches the map's pixels near training sites")
+                   "cross-fitted kriging) the tiny world's polygon intervals over-cover (0.98 at 0.90): the kriging "
+                   "errors' correlation overstates what the map's pixels share against the noise-free truth")
 def test_polygon_intervals_cover_the_true_polygon_means_at_the_nominal_rate(mapped, tmp_path):
     root, params = mapped
     grid, truth = pixel_truth(params.simulate, 2020)
