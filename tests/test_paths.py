@@ -23,7 +23,7 @@ CONTRACT = {
                   paths.EVALUATE_PLOTS, paths.EVALUATE_METRICS / "metrics.json"],
                  [paths.PATCHES, paths.SAMPLES, paths.TRUTH, paths.REPORT, paths.SPLIT, paths.MODELS,
                   paths.REGION]),
-    "bundle": ([paths.ENSEMBLE], [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS]),
+    "bundle": ([paths.ENSEMBLE], [paths.MODELS, *paths.MAP_INPUTS]),
     "map": ([paths.MAPS, paths.POLYGON_MEANS, paths.MAP_PLOTS, paths.MAP_METRICS],
             [paths.MODELS, paths.CALIBRATION, paths.KRIGING_FIELDS, paths.APPLICABILITY, paths.ERROR_CORRELATION,
              paths.REGION]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -63,6 +64,13 @@ class Ensemble:
         shared errors of the evaluate stage."""
         return cls(load_ensemble(models, device=device), read_json(calibration, "evaluate"), load_fields(fields),
                    Applicability.load(applicability), ErrorCorrelation.from_dict(read_json(correlation, "evaluate")))
+
+    @classmethod
+    def from_bundle(cls, folder: str | os.PathLike, device: str | torch.device | None = None) -> "Ensemble":
+        """The ensemble of a `socmap bundle` folder (the registry's soc-ensemble, as `dvc artifacts get`
+        fetches it): its checkpoints and the evaluate stage's files beside them, under their own names."""
+        folder = Path(folder)
+        return cls.load(device, folder, *(folder / path.name for path in paths.MAP_INPUTS))
 
     def __len__(self) -> int:
         return len(self.members)

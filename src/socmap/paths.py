@@ -41,6 +41,8 @@ CALIBRATION = Path("data/evaluate/calibration.json")  # the interval calibration
 KRIGING_FIELDS = Path("data/evaluate/kriging.npz")  # every run's residual field, read by the map stage
 APPLICABILITY = Path("data/evaluate/applicability.npz")  # the DI's reference set and AOA threshold, for the map
 ERROR_CORRELATION = Path("data/evaluate/error_correlation.json")  # errors shared by places and years, for the map
+# what the map reads from the evaluate stage (the bundle stage copies them beside the checkpoints)
+MAP_INPUTS = (CALIBRATION, KRIGING_FIELDS, APPLICABILITY, ERROR_CORRELATION)
 
 # bundle: the ensemble the map needs, one folder (dvc.yaml's model artifact)
 ENSEMBLE = Path("data/ensemble")  # run_{k}.pt, best.pt, calibration.json, kriging.npz
