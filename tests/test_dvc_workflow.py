@@ -112,9 +112,10 @@ def test_the_registry_entry_is_the_ensemble_the_map_reads_and_downloads_by_versi
     assert artifact["type"] == "model" and artifact["path"] == "data/ensemble" and artifact["labels"]
     ensemble = project / artifact["path"]
     for source in ("models/run_0.pt", "models/run_1.pt", "models/best.pt", "data/evaluate/calibration.json",
-                   "data/evaluate/kriging.npz"):  # what the map stage reads, the same bytes
+                   "data/evaluate/kriging.npz", "data/evaluate/applicability.npz",
+                   "data/evaluate/error_correlation.json"):  # what the map stage reads, the same bytes
         assert (ensemble / Path(source).name).read_bytes() == (project / source).read_bytes(), source
-    assert len(list(ensemble.iterdir())) == 5
+    assert len(list(ensemble.iterdir())) == 7
 
     run("gto", "register", "soc-ensemble", "--version", "v0.1.0", cwd=project)
     run("gto", "assign", "soc-ensemble", "--version", "v0.1.0", "--stage", "production", cwd=project)
