@@ -70,7 +70,9 @@ class Ensemble:
         """The ensemble of a `socmap bundle` folder (the registry's soc-ensemble, as `dvc artifacts get`
         fetches it): its checkpoints and the evaluate stage's files beside them, under their own names."""
         folder = Path(folder)
-        return cls.load(device, folder, *(folder / path.name for path in paths.MAP_INPUTS))
+        calibration, fields, applicability, correlation = (folder / path.name for path in paths.MAP_INPUTS)
+        return cls.load(device, folder, calibration=calibration, fields=fields, applicability=applicability,
+                        correlation=correlation)
 
     def __len__(self) -> int:
         return len(self.members)

@@ -3,9 +3,11 @@
 The members share one architecture (`socmap.models`, one `ModelSpec`) and differ in their weights,
 their feature normalisation and their target transform. `StackedEnsemble` stacks the weights along a
 leading member axis and runs the architecture once per batch: the views of the spec (train.augment's
-symmetries under train.tta) and the members' normalisations are applied to the input, the convolutions run grouped by member, the dense
-layers as batched matrix products, the LSTM once per member over all its views. The values are each
-member's own forward's (`Predictor.predict_tensor`) up to float rounding.
+symmetries under train.tta) and the members' normalisations are applied to the input, the
+convolutions run grouped by member, the dense layers as batched matrix products, the LSTM once per
+member over all its views. The attention model (``attention``) runs member by member on the
+normalised views, its transformer layers as they are. The values are each member's own forward's
+(`Predictor.predict_tensor`) up to float rounding.
 
 What makes it cheaper than 20 small forward passes (5 members × 4 views), besides the fewer calls:
 
