@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.cluster.vq import kmeans2
 
-from socmap.folds import deal, holdout_test, knndm_folds, training_distances
+from socmap.folds import deal, holdout_test, kmeans_plus_plus, knndm_folds, training_distances
 
 
 def grid_sites(step_m: float, n: int) -> np.ndarray:
@@ -62,3 +63,14 @@ def test_knndm_picks_coarse_folds_when_the_map_is_far_from_the_sites():
 def test_knndm_needs_a_site_per_fold():
     with pytest.raises(ValueError, match="3 sites cannot make 4 folds"):  # split says which params to change
         knndm_folds(grid_sites(1000.0, 2)[:3], np.ones(3), grid_sites(1000.0, 2), 4, 0.0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("k", [1, 7, 300])
+def test_kmeans_plus_plus_seeds_are_scipys_with_the_same_draws(k):
+    points = np.random.default_rng(5).uniform(0, 300, (1200, 2))
+    ours, theirs = np.random.default_rng(11), np.random.default_rng(11)
+    seeds = kmeans_plus_plus(points, k, ours)
+    _, labels = kmeans2(points, k, minit="++", rng=theirs)
+    np.testing.assert_array_equal(kmeans2(points, seeds, minit="matrix")[1], labels)
+    assert ours.uniform() == theirs.uniform()  # the generator is left where scipy leaves it
+    assert len({tuple(s) for s in seeds}) == k  # no point is drawn twice: its distance is 0

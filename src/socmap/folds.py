@@ -24,6 +24,7 @@ import math
 import numpy as np
 from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
 from socmap.errors import SocmapError
@@ -107,6 +108,22 @@ def training_distances(site_xy: np.ndarray, fold: np.ndarray, threshold_m: float
     return out
 
 
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """[k, 2] k-means++ seeds (Arthur & Vassilvitskii 2007) of `points`: each next seed drawn with a
+    probability proportional to its squared distance to the nearest seed so far.
+
+    The draws and seeds of scipy's ``kmeans2(minit="++")``, in O(points × k) instead of
+    O(points × k²): the nearest-seed distances are updated with each new seed, not recomputed.
+    """
+    seeds = np.empty((k, points.shape[1]))
+    seeds[0] = points[rng.integers(len(points))]
+    nearest = cdist(seeds[:1], points, "sqeuclidean")[0]
+    for i in range(1, k):
+        seeds[i] = points[int(np.searchsorted(np.cumsum(nearest / nearest.sum()), rng.uniform()))]
+        nearest = np.minimum(nearest, cdist(seeds[i:i + 1], points, "sqeuclidean")[0])
+    return seeds
+
+
 def knndm_folds(site_xy: np.ndarray, site_rows: np.ndarray, prediction_xy: np.ndarray, folds: int,
                 threshold_m: float, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Fold (0..folds-1) of every site of `site_xy` by kNNDM (see the module), and what was tried.
@@ -129,7 +146,8 @@ def knndm_folds(site_xy: np.ndarray, site_rows: np.ndarray, prediction_xy: np.nd
         if q == sites:
             cluster = np.arange(sites)
         else:
-            _, cluster = kmeans2(site_xy / 1000.0, q, minit="++", seed=rng)
+            points = site_xy / 1000.0
+            _, cluster = kmeans2(points, kmeans_plus_plus(points, q, rng), minit="matrix")
         fold = deal(cluster, site_rows, folds, rng)
         distance = training_distances(site_xy, fold, threshold_m) / 1000.0
         tried[q] = float(wasserstein_distance(distance, target, u_weights=site_rows))
