@@ -7,7 +7,7 @@ import pytest
 
 from socmap.config import EvaluateConfig
 from socmap.applicability import history_features
-from socmap.baselines import baseline_predictions, fit_forest, survey_year_features
+from socmap.baselines import baseline_predictions, fit_forest, forest_mean, quantile_forest, survey_year_features
 from socmap.errors import SocmapError
 from socmap.metrics import r2_score
 
@@ -87,6 +87,20 @@ def test_forest_predictions_are_the_same_bits_every_time():
     again, _ = fit_forest(x, y, x[:50], y[:50], 100, (5,), 0)
     predictions = {model.predict(x[:400]).tobytes() for model in (first, again) for _ in range(5)}
     assert len(predictions) == 1
+
+
+def test_one_quantile_forest_fit_serves_the_random_forest_and_the_qrf():
+    """The quantile forest's trees are the random forest's: the same mean, the same out-of-bag residuals."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(600, 8))
+    y = 2.0 * x[:, 0] + rng.normal(size=600)
+    plain, _ = fit_forest(x[:500], y[:500], x[500:], y[500:], 40, (5,), 3)
+    shared, _ = fit_forest(x[:500], y[:500], x[500:], y[500:], 40, (5,), 3, quantiles=True)
+    assert type(plain).__name__ == "RandomForestRegressor" and type(shared).__name__ == "RandomForestQuantileRegressor"
+    np.testing.assert_array_equal(forest_mean(shared, x[500:]), plain.predict(x[500:]))
+    np.testing.assert_array_equal(shared.oob_prediction_, plain.oob_prediction_)
+    mean, lower, upper = quantile_forest(shared, x[500:], 0.9)
+    assert np.all(lower <= upper) and np.corrcoef(mean, plain.predict(x[500:]))[0, 1] > 0.99
 
 
 def test_kriged_forests_add_back_the_spatial_error_from_out_of_bag_residuals():

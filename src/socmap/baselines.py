@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from quantile_forest import RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
+from sklearn.ensemble._forest import ForestRegressor
 
 from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
@@ -43,16 +44,21 @@ def survey_year_features(patches: np.ndarray) -> np.ndarray:
 
 
 def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,
-               leaf_sizes: tuple[int, ...], seed: int) -> tuple[RandomForestRegressor, int]:
+               leaf_sizes: tuple[int, ...], seed: int, quantiles: bool = False) -> tuple[RandomForestRegressor, int]:
     """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees
-    (with its out-of-bag predictions of the training rows, ``oob_prediction_``)."""
+    (with its out-of-bag predictions of the training rows, ``oob_prediction_``).
+
+    With `quantiles` the refit is a quantile regression forest: its trees are those of sklearn's forest
+    of the same settings and seed, and `forest_mean` predicts from them as that forest does, so one fit
+    serves the forest and the ``qrf`` baseline.
+    """
     def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
         # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest).
         # Fitted on every core, predicting on one: threads add up the trees in any order, and the
         # last bits of the metrics would change from run to run (and dvc.lock with them).
-        return RandomForestRegressor(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3,
-                                     oob_score=n_trees == trees, n_jobs=-1,
-                                     random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
+        kind = RandomForestQuantileRegressor if quantiles and n_trees == trees else RandomForestRegressor
+        return kind(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3, oob_score=n_trees == trees,
+                    n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
 
     if len(leaf_sizes) > 1:
         scores = [r2_score(y_val, forest(min(trees, TUNING_TREES), leaf).predict(x_val)) for leaf in leaf_sizes]
@@ -60,6 +66,11 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     else:
         leaf = leaf_sizes[0]
     return forest(trees, leaf), leaf
+
+
+def forest_mean(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
+    """The random forest's prediction: the mean over the trees of their leaf means."""
+    return ForestRegressor.predict(forest, x)
 
 
 def baseline_names(kriging: str) -> list[str]:
@@ -78,14 +89,10 @@ class Baselines:
     chosen: dict[str, dict]  # forest -> {"min_samples_leaf": [per run]}
 
 
-def quantile_forest(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, leaf: int, cfg: EvaluateConfig,
-                    seed: int) -> np.ndarray:
-    """[3, M] the mean and the bounds of the `cfg.interval` interval of a quantile regression forest."""
-    forest = RandomForestQuantileRegressor(n_estimators=cfg.rf_trees, min_samples_leaf=leaf, max_features=1 / 3,
-                                           n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
-    tail = (1.0 - cfg.interval) / 2.0
-    return np.vstack([forest.predict(x_test, quantiles="mean"),
-                      forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
+def quantile_forest(forest: RandomForestQuantileRegressor, x_test: np.ndarray, interval: float) -> np.ndarray:
+    """[3, M] the mean and the bounds of the `interval` interval of a quantile regression forest."""
+    tail = (1.0 - interval) / 2.0
+    return np.vstack([forest.predict(x_test, quantiles="mean"), forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
 
 
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
@@ -110,16 +117,16 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
         train, stop, test = (roles[run] == role for role in ("train", "stop", "test"))
         predictions["training_mean"][run, test] = targets[train].mean()
         for name, x in features.items():
-            model, leaf = fit_forest(x[train], targets[train], x[stop], targets[stop], trees, leaf_sizes, seed + run)
-            predictions[name][run, test] = model.predict(x[test])
+            model, leaf = fit_forest(x[train], targets[train], x[stop], targets[stop], trees, leaf_sizes, seed + run,
+                                     quantiles=name == "rf_features")
+            predictions[name][run, test] = forest_mean(model, x[test])
             chosen[name]["min_samples_leaf"].append(leaf)
             if kriging != "none":
                 field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging,
                                           cfg.kriging_neighbours)
                 predictions[f"{name}_kriged"][run, test] = field.correct(predictions[name][run, test],
                                                                          *field.krige(xy[test]))
-        x = features["rf_features"]
-        mean, lower, upper = quantile_forest(x[train], targets[train], x[test], chosen["rf_features"]["min_samples_leaf"][-1],
-                                             cfg, seed + run)
-        predictions["qrf"][run, test], bounds["qrf"][0][run, test], bounds["qrf"][1][run, test] = mean, lower, upper
+            if name == "rf_features":
+                qrf = quantile_forest(model, x[test], cfg.interval)
+                predictions["qrf"][run, test], bounds["qrf"][0][run, test], bounds["qrf"][1][run, test] = qrf
     return Baselines(predictions, bounds, chosen)
