@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from socmap.config import TrainConfig
 from socmap.errors import SocmapError
-from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, build_model
+from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, build_model, views
 
 
 @pytest.fixture
@@ -86,3 +86,16 @@ def test_bad_model_settings_are_params_errors():
     with pytest.raises(SocmapError, match="sample.window_size = 3.*at least 5"):
         build_model("cnn", bands=6, window_size=3)
     assert build_model("lstm", bands=6, window_size=1)(torch.zeros(2, 6, 1, 1, 4)).shape == (2,)
+
+
+@pytest.mark.parametrize("augment, tta, expected", [
+    ("dihedral", 8, tuple(range(8))),
+    ("dihedral", 4, (0, 1, 2, 3)),  # the default: the quarter turns of the eight symmetries training drew
+    ("dihedral", 2, (0, 4)),
+    ("mirror", 4, (0, 4)),  # never a symmetry training did not draw
+    ("turns", 2, (0,)),
+    ("none", 8, (0,)),
+    ("turns", 1, (0,)),
+])
+def test_a_prediction_averages_the_largest_trained_group_within_train_tta(augment, tta, expected):
+    assert views(TrainConfig(augment=augment, tta=tta)) == expected

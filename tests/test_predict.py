@@ -56,8 +56,8 @@ def test_predictor_rejects_patches_of_another_shape(trained):
 def test_tta_is_stored_with_the_model_and_used_by_its_predictor(project, trained, tmp_path):
     out, summary, _ = trained
     default = Predictor.load(out / "models/run_0.pt")
-    assert default.spec.views == tuple(range(8)) and params_for(project).train.augment == "dihedral"
-    plain = run_train(project, tmp_path, params_for(project, **{"train.tta": False, "train.num_runs": 1}))
+    assert default.spec.views == (0, 1, 2, 3) and params_for(project).train.augment == "dihedral"
+    plain = run_train(project, tmp_path, params_for(project, **{"train.tta": 1, "train.num_runs": 1}))
     single = Predictor.load(tmp_path / "models/run_0.pt")
     assert single.spec.views == (0,)
     patches, target = val_rows(project, 0)

@@ -202,13 +202,15 @@ class TrainConfig:
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     batch_size: int = field(default=256, metadata=bounds(ge=1))
     epochs: int = field(default=40, metadata=bounds(ge=1))
-    patience: int = field(default=15, metadata=bounds(ge=0))  # epochs without improvement; 0: off
+    patience: int = field(default=0, metadata=bounds(ge=0))  # epochs without improvement; 0: off
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max gradient norm; 0: off
     num_runs: int = field(default=5, metadata=bounds(ge=1, le=100))
     # window symmetries every training batch is drawn from: none | mirror (east-west: north stays up) |
     # turns (quarter turns) | dihedral (turns and mirrors)
     augment: Literal["none", "mirror", "turns", "dihedral"] = "dihedral"
-    tta: bool = True  # predictions (validation, evaluate, map) average over the window symmetries of augment
+    # views a prediction (validation, evaluate, map) averages at most: the largest of augment's symmetry groups
+    # (none 1, mirror 2, turns 4, dihedral 8) with no more views; 1: the window as it is
+    tta: Literal[1, 2, 4, 8] = 4
     balanced: bool = True
     balance_bins: int = field(default=128, metadata=bounds(ge=1))
     balance_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))

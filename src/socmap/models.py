@@ -149,7 +149,7 @@ def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128,
 class ModelSpec:
     """What a checkpoint needs to rebuild its model and check its input: the architecture and its
     sizes, the bands by name, the years per patch and the window symmetries a prediction averages over
-    (train.augment's with train.tta, else the identity alone)."""
+    (those of `views`)."""
 
     name: str
     bands: int
@@ -191,5 +191,8 @@ class ModelSpec:
 
 
 def views(train_cfg: TrainConfig) -> tuple[int, ...]:
-    """The window symmetries a prediction averages over: train.augment's group with train.tta, else none."""
-    return GROUPS[train_cfg.augment] if train_cfg.tta else (0,)
+    """The window symmetries a prediction averages over: the largest symmetry group inside train.augment's
+    with at most train.tta views (dihedral training at tta 4: the four quarter turns)."""
+    trained = set(GROUPS[train_cfg.augment])
+    inside = [group for group in GROUPS.values() if set(group) <= trained and len(group) <= train_cfg.tta]
+    return max(inside, key=len)

@@ -2,8 +2,8 @@
 
 The training, stop and validation rows' patches are read from the memory-mapped patches once, the
 feature normalisation and target transform are fitted on the training rows, and the model trains for
-up to `train.epochs` epochs (AdamW, a learning-rate schedule, gradient clipping, early stopping after
-`train.patience` epochs without a better r2 on the stop rows). With `train.augment` every training
+`train.epochs` epochs (AdamW, a learning-rate schedule, gradient clipping; with `train.patience`, early
+stopping after that many epochs without a better r2 on the stop rows). With `train.augment` every training
 window is turned and mirrored at random (one of the square's 8 symmetries per row): the soil does not
 care which way is north, and ~3000 rows overfit without it. The epoch with the best stop r2 (g/kg,
 over every process's stop rows) is the one kept, as a copy of its weights, and scored once on the
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LOGGED = ("r2", "mae", "rmse", "rpiq", "bias")  # validation figures logged every epoch
 EVAL_BATCH = 2048
+PLATEAU_PATIENCE = 5  # epochs without a better stop r2 before train.scheduler = plateau halves the rate
 
 EpochCallback = Callable[[int, dict], None]  # (run, the epoch's record), after its resume checkpoint
 
@@ -180,7 +181,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                          patience=max(1, cfg.patience // 3))
+                                                          patience=PLATEAU_PATIENCE)
     return None
 
 
