@@ -20,7 +20,7 @@ from rasterio.transform import rowcol
 from socmap.config import Params, load_params, replace
 from socmap.grid import NODATA
 from socmap.landscape import PARENT_OFFSET, YEARLY_BANDS, block_mean, make_grids, regional_field, terrain
-from socmap.simulate import history_weights, npp_history, simulate
+from socmap.simulate import history_weights, npp_history, pixel_truth, simulate
 
 from conftest import ROOT, TINY_WORLD, tiny_params
 
@@ -103,8 +103,6 @@ def test_truth_and_oracle(tiny_world):
 
 
 def test_the_truth_over_pixels_is_the_truth_at_the_survey_rows(tiny_world):
-    from truth import pixel_truth
-
     params = tiny_params(tiny_world)
     truth = pd.read_parquet(tiny_world / "truth.parquet")
     points = pd.read_csv(tiny_world / "points.csv")

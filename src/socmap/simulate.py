@@ -313,6 +313,18 @@ def write_raster(path: Path, layers: list[tuple[str, np.ndarray]], grid: GridSpe
         dst.update_tags(source="socmap simulated Bavaria")
 
 
+def pixel_truth(cfg: SimulateConfig, year: int) -> tuple[GridSpec, np.ndarray]:
+    """The yearly grid and the noise-free SOC (g/kg) [height, width] of every pixel in `year` (truth.parquet
+    has it at the survey rows only), from the world's own draws: what a map of the world should show."""
+    world = build_world(cfg)
+    survey_sites(cfg, world.coarse, world.rng)  # the draws simulate makes before the residual field's
+    residual = residual_field(world)
+    rows, cols = np.indices(world.elev.shape)
+    t = np.full(rows.size, year - world.years[0])
+    log_soc = covariate_log_soc(world, rows.ravel(), cols.ravel(), t, cfg).reshape(rows.shape) + residual
+    return world.coarse, np.exp(log_soc)
+
+
 def simulate(cfg: SimulateConfig, out_dir: str | Path, plots_dir: str | Path | None = None) -> dict:
     """Write the simulated world to `out_dir` (atomically) and return the oracle figures."""
     world = build_world(cfg)
