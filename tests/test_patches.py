@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from coded import H, NODATA_PIXEL, W, YEARS, code, coded_params, expected_patch
-from socmap.patches import box_mean, channel_names, extract_patches, fill_missing, fill_values, is_static, window_years
+from socmap.patches import (box_mean, channel_names, extract_patches, fill_missing, fill_values, gather, is_static,
+                            window_years)
 from socmap.rasters import RasterCatalog
 
 @pytest.mark.parametrize("row, col", [(5, 7), (4, 4), (0, 8), (H - 1, 3), (0, 0), (H - 1, W - 1), (2, W - 1)])
@@ -71,3 +72,18 @@ def test_context_means_follow_the_bands_as_channels(coded):
     edge[3:] = code(2013, *np.mgrid[0:2, 0:5])  # beyond the grid: the fill value, as the band's own pixels
     assert patches[1, 3, 0, 0, -1] == pytest.approx(edge.mean(), rel=1e-6)
     assert is_static("S~5", ["S"]) and not is_static("A~5", ["S"])
+
+
+@pytest.mark.parametrize("window, rows", [(3, 40), (9, 400)])  # few small windows; many large ones
+def test_both_ways_of_gathering_cut_each_rows_window_of_its_years(window, rows):
+    """Small windows index one [H, W, year] view; large ones copy each survey year's years contiguously first."""
+    rng = np.random.default_rng(3)
+    steps, radius = 3, window // 2
+    padded = rng.normal(size=(6, 12 + 2 * radius, 10 + 2 * radius)).astype(np.float32)
+    r, c, layer = rng.integers(0, 12, rows), rng.integers(0, 10, rows), rng.integers(0, 6, rows)
+    out = np.empty((rows, window, window, steps), dtype=np.float32)
+    gather(padded, r, c, layer, window, steps, out)
+    for i in range(rows):
+        years = np.maximum(np.arange(layer[i] - steps + 1, layer[i] + 1), 0)  # early years repeat the first
+        expected = padded[years, r[i]:r[i] + window, c[i]:c[i] + window]  # [T, w, w]
+        np.testing.assert_array_equal(out[i], np.moveaxis(expected, 0, -1))

@@ -60,7 +60,7 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
     of each survey year, and how many of their pixels were nodata or off the grid.
 
     Each band is read once over the whole grid and all years, filled there with `fill_missing` (so
-    the patches need no second pass), and every row is gathered from it with one fancy index over a
+    the patches need no second pass), and every row is gathered from it by fancy indexing a
     padded [H, W, year] view whose windows are the patches themselves. With `context` (sample.context),
     every band's mean over `context`² pixels around each pixel (`box_mean`) follows the bands as one
     more channel each (`channel_names`): C is twice the bands.
@@ -98,28 +98,38 @@ def extract_patches(catalog: RasterCatalog, rows: np.ndarray, cols: np.ndarray, 
             wide = np.pad(grid, ((0, 0),) + ((radius + context // 2,) * 2,) * 2, constant_values=np.nan)
             if value is not None:
                 fill_missing(wide[None], value, inplace=True)
-            out[:, bands + c] = gather(box_mean(wide, context), rows, cols, survey_years - cfg.first_year,
-                                       window_size, steps)
+            gather(box_mean(wide, context), rows, cols, survey_years - cfg.first_year, window_size, steps,
+                   out[:, bands + c])
         if value is not None:
             fill_missing(padded[None], value, inplace=True)  # [1, Ty, Hp, Wp]: one band
-        out[:, c] = gather(padded, rows, cols, survey_years - cfg.first_year, window_size, steps)
+        gather(padded, rows, cols, survey_years - cfg.first_year, window_size, steps, out[:, c])
         invalid[:, c] = counts[0, rows, cols][:, None] if static else counts[layer, rows[:, None], cols[:, None]]
     return out, invalid
 
 
 def gather(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray, layer: np.ndarray, window_size: int,
-           steps: int) -> np.ndarray:
-    """[N, w, w, T] windows of a band's padded [Ty, H + w − 1, W + w − 1] grid (Ty = 1: static, repeated over
-    T) at grid pixels (rows, cols), ending at year layer `layer` [N]."""
+           steps: int, out: np.ndarray) -> None:
+    """Write into `out` [N, w, w, T] the windows of a band's padded [Ty, H + w − 1, W + w − 1] grid (Ty = 1:
+    static, repeated over T) at grid pixels (rows, cols), ending at year layer `layer` [N]."""
     if len(padded) == 1:
         view = sliding_window_view(padded[0], (window_size, window_size))  # [H, W, w, w]
-        return view[rows, cols][..., None]  # [N, w, w, 1], repeated over T
-    # Years last, with T-1 copies of the first year in front: the window of survey year Y is then the T
-    # consecutive layers from Y - first_year, early years repeating the first.
-    by_year = np.moveaxis(padded, 0, -1)  # [Hp, Wp, Ty]
-    by_year = np.concatenate([np.repeat(by_year[..., :1], steps - 1, axis=-1), by_year], axis=-1)
-    view = sliding_window_view(by_year, (window_size, window_size, steps))  # [H, W, Ty, w, w, T]
-    return view[rows, cols, layer]  # [N, w, w, T]
+        out[...] = view[rows, cols][..., None]  # [N, w, w, 1], repeated over T
+        return
+    years = np.unique(layer)
+    if len(rows) * window_size**2 <= len(years) * padded.shape[1] * padded.shape[2]:
+        # Years last, with T-1 copies of the first year in front: the window of survey year Y is then the T
+        # consecutive layers from Y - first_year, early years repeating the first.
+        by_year = np.moveaxis(padded, 0, -1)  # [Hp, Wp, Ty]
+        by_year = np.concatenate([np.repeat(by_year[..., :1], steps - 1, axis=-1), by_year], axis=-1)
+        out[...] = sliding_window_view(by_year, (window_size, window_size, steps))[rows, cols, layer]
+        return
+    # Large windows: per survey year, its T years (the first repeated before it) as one contiguous
+    # [Hp, Wp, T] copy, so that every row of a window is one run of memory; the copies cost less than
+    # the windows they serve.
+    for year in years:
+        at = np.flatnonzero(layer == year)
+        block = np.stack([padded[max(year + k - steps + 1, 0)] for k in range(steps)], axis=-1)
+        out[at] = sliding_window_view(block, (window_size, window_size, steps))[rows[at], cols[at], 0]
 
 
 def box_mean(values: np.ndarray, size: int) -> np.ndarray:
