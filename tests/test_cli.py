@@ -57,8 +57,10 @@ def test_ctrl_c_stops_a_stage_with_exit_code_130_and_no_half_written_output(tmp_
     """The default simulated Bavaria takes seconds to write: interrupted while its rasters are being written."""
     command = [sys.executable, "-m", "socmap.cli", "--params", str(ROOT / "params.yaml"), "simulate",
                "--world", "synthetic"]
+    # Ctrl-C's default action, as in a terminal: a test run started in the background (`make test &`)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
     stage = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=ENV)
+                             env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("data/.synthetic.*.tmp/synthetic/rasters/*/*.tif")):
