@@ -74,9 +74,7 @@ def main() -> None:
     west, north = grid.transform.c, grid.transform.f
     bounds = (west, north - grid.height * grid.res[1], west + grid.width * grid.res[0], north)
     squares = random_squares(bounds, args.polygons, np.random.default_rng(args.seed))
-    ensemble = Ensemble.load(device="cpu", models=ROOT / paths.MODELS, calibration=ROOT / paths.CALIBRATION,
-                             fields=ROOT / paths.KRIGING_FIELDS, applicability=ROOT / paths.APPLICABILITY,
-                             correlation=ROOT / paths.ERROR_CORRELATION)
+    ensemble = Ensemble.load(device="cpu")  # the pipeline's outputs, under ROOT
     with tempfile.TemporaryDirectory(prefix="socmap-polygons-") as tmp:
         polygons = Path(tmp) / "squares.geojson"
         pyogrio.raw.write(polygons, shapely.to_wkb(squares), geometry_type="Polygon", crs=grid.crs.to_string(),

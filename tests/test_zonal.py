@@ -138,9 +138,7 @@ def test_polygon_intervals_cover_the_true_polygon_means_at_the_nominal_rate(defa
     path = write_polygons(tmp_path / "random.geojson", random_boxes(grid, 900, np.random.default_rng(0)),
                           grid.crs.to_string())
     with contextlib.chdir(root):
-        ensemble = Ensemble.load(device="cpu", models=paths.MODELS, calibration=paths.CALIBRATION,
-                                 fields=paths.KRIGING_FIELDS, applicability=paths.APPLICABILITY,
-                                 correlation=paths.ERROR_CORRELATION)
+        ensemble = Ensemble.load(device="cpu")  # the pipeline's paths, under root
         made = make_once(replace(params, **{"map.polygons": str(path), "map.years": [year]}), ensemble,
                          tmp_path / "maps")
     table = made.polygons[year]

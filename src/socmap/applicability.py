@@ -177,7 +177,8 @@ class Applicability:
     def dissimilarity(self, patches: np.ndarray) -> np.ndarray:
         """DI [B] of raw patches [B, C, W, W, T]: their nearest training row's distance over the mean distance
         (the exact nearest neighbour, the queries shared out over every core)."""
-        return self._tree.query(self.space(history_features(patches, self.static)), workers=-1)[0] / self.mean_distance
+        nearest, _ = self._tree.query(self.space(history_features(patches, self.static)), workers=-1)
+        return nearest / self.mean_distance
 
     def save(self, path: str | Path) -> None:
         """The reference as one ``.npz`` (atomically), for the map stage."""

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 from quantile_forest import RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
-from sklearn.ensemble._forest import ForestRegressor
 
 from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
@@ -69,8 +68,9 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
 
 
 def forest_mean(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
-    """The random forest's prediction: the mean over the trees of their leaf means."""
-    return ForestRegressor.predict(forest, x)
+    """The random forest's prediction, the mean over the trees of their leaf means, for a quantile
+    forest too (whose own ``predict`` gives quantiles)."""
+    return RandomForestRegressor.predict(forest, x)
 
 
 def baseline_names(kriging: str) -> list[str]:
@@ -92,7 +92,8 @@ class Baselines:
 def quantile_forest(forest: RandomForestQuantileRegressor, x_test: np.ndarray, interval: float) -> np.ndarray:
     """[3, M] the mean and the bounds of the `interval` interval of a quantile regression forest."""
     tail = (1.0 - interval) / 2.0
-    return np.vstack([forest.predict(x_test, quantiles="mean"), forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
+    return np.vstack([forest.predict(x_test, quantiles="mean"),
+                      forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
 
 
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,

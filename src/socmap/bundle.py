@@ -21,7 +21,9 @@ from socmap.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-def bundle(models: Path = paths.MODELS, inputs: Sequence[Path] = paths.MAP_INPUTS, out: Path = paths.ENSEMBLE) -> list[str]:
+
+def bundle(models: Path = paths.MODELS, inputs: Sequence[Path] = paths.MAP_INPUTS,
+           out: Path = paths.ENSEMBLE) -> list[str]:
     """Copy the checkpoints under `models` and the evaluate stage's `inputs` into `out`, one folder replaced
     whole; return the names it holds."""
     checkpoints = sorted(Path(models).glob("*.pt"))

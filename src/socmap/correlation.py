@@ -100,11 +100,10 @@ class SharedError:
             variograms: each run's variogram of its training residuals, for a map without kriging.
         """
         z = honest.error / honest.sigma
+        shapes = tuple((v.nugget, v.sill, v.range_km) for v in variograms)
         if len(z) < 2:
-            return cls(1.0, float(z.mean()) if len(z) else float("nan"), int(len(z)),
-                       tuple((v.nugget, v.sill, v.range_km) for v in variograms))
-        floor = min(1.0, float(z.mean() ** 2 / np.mean(z**2)))
-        return cls(floor, float(z.mean()), int(len(z)), tuple((v.nugget, v.sill, v.range_km) for v in variograms),
+            return cls(1.0, float(z.mean()) if len(z) else float("nan"), int(len(z)), shapes)
+        return cls(min(1.0, float(z.mean() ** 2 / np.mean(z**2))), float(z.mean()), int(len(z)), shapes,
                    float(np.sqrt(np.mean(z**2))))
 
     def mean_variance(self, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, pixels: int,

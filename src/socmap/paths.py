@@ -45,7 +45,7 @@ ERROR_CORRELATION = Path("data/evaluate/error_correlation.json")  # errors share
 MAP_INPUTS = (CALIBRATION, KRIGING_FIELDS, APPLICABILITY, ERROR_CORRELATION)
 
 # bundle: the ensemble the map needs, one folder (dvc.yaml's model artifact)
-ENSEMBLE = Path("data/ensemble")  # run_{k}.pt, best.pt, calibration.json, kriging.npz
+ENSEMBLE = Path("data/ensemble")  # run_{k}.pt, best.pt and the MAP_INPUTS, under their own names
 
 # map
 MAPS = Path("data/maps")  # soc_{year}.tif, soc_change_{first}_{last}.tif

@@ -3,9 +3,9 @@
 The members share one architecture (`socmap.models`, one `ModelSpec`) and differ in their weights,
 their feature normalisation and their target transform. `StackedEnsemble` stacks the weights along a
 leading member axis and runs the architecture once per batch: the views of the spec (the largest of
-train.augment's symmetry groups within train.tta views) and the members' normalisations are applied to the input, the
-convolutions run grouped by member, the dense layers as batched matrix products, the LSTM once per
-member over all its views. The attention model (``attention``) runs member by member on the
+train.augment's symmetry groups within train.tta views) and the members' normalisations are applied
+to the input, the convolutions run grouped by member, the dense layers as batched matrix products,
+the LSTM once per member over all its views. The attention model (``attention``) runs member by member on the
 normalised views, its transformer layers as they are. The values are each member's own forward's
 (`Predictor.predict_tensor`) up to float rounding.
 

@@ -107,8 +107,8 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # train.augment: the groups of window symmetries a training window is drawn from (a prediction averages the
-# largest of them inside it with at most train.tta views): none; the east-west mirror, which keeps north up (a direction effect such as more carbon
-# on north-facing slopes survives it); the four quarter turns; all eight
+# largest of them inside it with at most train.tta views): none; the east-west mirror, which keeps north up
+# (a direction effect such as more carbon on north-facing slopes survives it); the four quarter turns; all eight
 GROUPS = dict(zip(choices(TrainConfig, "augment"), ((0,), (0, 4), (0, 1, 2, 3), tuple(range(DIHEDRAL))), strict=True))
 
 
