@@ -120,7 +120,7 @@ def mapped(tiny_world, tmp_path_factory) -> tuple[Path, Params]:
     root = tmp_path_factory.mktemp("map-project")
     params = tiny_params(tiny_world, **MAP)
     with contextlib.chdir(root):
-        for stage in ("sample", "split", "train", "evaluate", "mapping"):
+        for stage in ("sample", "split", "train", "baselines", "evaluate", "mapping"):
             importlib.import_module(f"socmap.{stage}").main(params)
     return root, params
 

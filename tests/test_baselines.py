@@ -7,7 +7,8 @@ import pytest
 
 from socmap.config import EvaluateConfig
 from socmap.applicability import history_features
-from socmap.baselines import baseline_predictions, fit_forest, forest_mean, quantile_forest, survey_year_features
+from socmap.baselines import (baseline_predictions, fit_forest, forest_mean, load_baselines, quantile_forest,
+                              save_baselines, survey_year_features)
 from socmap.errors import SocmapError
 from socmap.metrics import r2_score
 
@@ -64,6 +65,32 @@ def test_forests_fit_training_rows_and_predict_only_test_rows():
     plain = r2_score(target[test], predictions["rf_survey_year"][0, test])
     assert rich > 0.6 and plain < 0.2
     assert all(leaf in (1, 5, 20) for leaf in chosen["rf_features"]["min_samples_leaf"])
+
+
+def test_the_stage_file_gives_back_what_was_fitted_and_refuses_other_rows(tmp_path):
+    rng = np.random.default_rng(2)
+    patches, target = rng.normal(size=(60, 2, 3, 3, 2)).astype(np.float32), rng.uniform(5, 50, 60)
+    roles = np.stack([np.where(np.arange(60) < 40, "train", np.where(np.arange(60) < 48, "stop", "test"))] * 2)
+    roles[1, :5] = "buffer"
+    fitted = baseline_predictions(patches, np.array([False, True]), target, roles,
+                                  EvaluateConfig(rf_trees=5, rf_min_samples_leaf=(1, 5)), rng.uniform(0, 1e5, (60, 2)))
+    row_ids = np.arange(60) + 7
+    save_baselines(tmp_path / "baselines.npz", fitted, row_ids)
+    back = load_baselines(tmp_path / "baselines.npz", row_ids, runs=2)
+    assert list(back.predictions) == list(fitted.predictions) and back.chosen == fitted.chosen
+    for name, values in fitted.predictions.items():
+        np.testing.assert_array_equal(back.predictions[name], values)
+    for got, want in zip(back.bounds["qrf"], fitted.bounds["qrf"]):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(SocmapError, match=r"npz: its rows differ from those of .*samples.parquet; rerun `socmap"):
+        load_baselines(tmp_path / "baselines.npz", row_ids[::-1], runs=2)
+    with pytest.raises(SocmapError, match=r"its runs \(2\) differ from the 3 runs in models; rerun"):
+        load_baselines(tmp_path / "baselines.npz", row_ids, runs=3)
+    with pytest.raises(SocmapError, match="missing.npz: not found; run `socmap baselines`"):
+        load_baselines(tmp_path / "missing.npz", row_ids, runs=2)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(SocmapError, match="broken.npz: not a socmap baselines file"):
+        load_baselines(tmp_path / "broken.npz", row_ids, runs=2)
 
 
 def test_leaf_size_is_chosen_on_validation():

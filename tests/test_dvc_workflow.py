@@ -69,7 +69,7 @@ def test_plots_load_for_any_params_and_setting_them_back_restores_every_stage_fr
     back = run("dvc", "exp", "run", "-n", "back", "-S", f"train.lr={committed['train']['lr']}",
                "-S", "split.mode=holdout", "-S", f"split.folds={committed['split']['folds']}",
                "-S", "evaluate.kriging=log", cwd=project)
-    for stage in ("split", "train", "evaluate", "bundle", "map"):
+    for stage in ("split", "train", "baselines", "evaluate", "bundle", "map"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back.stdout, back.stdout
     assert "Running stage" not in back.stdout
     assert (project / "dvc.lock").read_text() == run("git", "show", "HEAD:dvc.lock", cwd=project).stdout

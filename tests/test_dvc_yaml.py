@@ -15,7 +15,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "socmap"
 DVC_STAGE = {"simulate": "simulate", "sample": "sample", "split": "split", "train": "train",
-             "evaluate": "evaluate", "bundle": "bundle", "map": "map"}
+             "baselines": "baselines", "evaluate": "evaluate", "bundle": "bundle", "map": "map"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -14,7 +14,8 @@ from figures import BASELINES, assert_figures, hand_made, sklearn_figures
 from socmap.baselines import baseline_names
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
-from socmap.evaluate import read_design, roles_matrix
+from socmap.evaluate import read_design
+from socmap.split import roles_matrix
 from socmap.kriging import load_fields
 from socmap.scoring import Design, headline, score
 
@@ -36,6 +37,7 @@ def test_roles_matrix_and_split_errors():
 
 @pytest.mark.parametrize("mode, kriging", [("holdout", "log"), ("kfold", "log"), ("holdout", "none")])
 def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode, kriging):
+    from socmap import baselines as forests
     from socmap import sample, split, train
     from socmap import evaluate as stage
     from conftest import tiny_params
@@ -44,7 +46,7 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
                                         "split.mode": mode, "split.folds": 3, "evaluate.rf_min_samples_leaf": [2, 10],
                                         "evaluate.kriging": kriging})
     monkeypatch.chdir(tmp_path)
-    for module in (sample, split, train, stage):
+    for module in (sample, split, train, forests, stage):
         module.main(params)
     metrics = json.loads((tmp_path / "plots/evaluate/details.json").read_text())
     assert json.loads((tmp_path / "metrics/evaluate/metrics.json").read_text()) == headline(metrics)

@@ -117,13 +117,13 @@ def random_boxes(grid: GridSpec, count: int, rng: np.random.Generator) -> list:
 
 @pytest.fixture(scope="module")
 def default_world(tmp_path_factory) -> tuple[Path, Params]:
-    """The default world and pipeline of params.yaml (simulate → sample → split → train → evaluate), in a
+    """The default world and pipeline of params.yaml (simulate → sample → split → train → baselines → evaluate), in a
     folder of its own: the survey density and models the map's intervals are meant for."""
     root = tmp_path_factory.mktemp("default-world")
     params = load_params(ROOT / "params.yaml")
     with contextlib.chdir(root):
         simulate(params.simulate.world(paths.DEFAULT_WORLD), f"data/{paths.DEFAULT_WORLD}")
-        for stage in ("sample", "split", "train", "evaluate"):
+        for stage in ("sample", "split", "train", "baselines", "evaluate"):
             importlib.import_module(f"socmap.{stage}").main(params)
     return root, params
 

@@ -16,21 +16,34 @@
 
 Every forest trains on each run's training rows and takes its leaf size from the run's stop rows
 (as the network takes its epoch): the validation and test rows choose nothing.
+
+`socmap baselines` is a stage of its own: it reads the patches and the split only, so an experiment
+that changes the network (`train.*`) reuses its forests from DVC's cache, and evaluate reads
+data/baselines/baselines.npz.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from quantile_forest import RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
 
+from socmap import paths
 from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
+from socmap.io import atomic_path
 from socmap.kriging import ResidualField
 from socmap.metrics import r2_score
+from socmap.patches import channel_names, is_static
+from socmap.split import roles_matrix
+
+log = logging.getLogger(__name__)
 
 FORESTS = ("rf_survey_year", "rf_features")
 TUNING_TREES = 50  # enough trees to rank leaf sizes; the chosen one is refitted with evaluate.rf_trees
@@ -131,3 +144,64 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
                 qrf = quantile_forest(model, x[test], cfg.interval)
                 predictions["qrf"][run, test], bounds["qrf"][0][run, test], bounds["qrf"][1][run, test] = qrf
     return Baselines(predictions, bounds, chosen)
+
+
+def save_baselines(path: str | Path, baselines: Baselines, row_ids: np.ndarray) -> None:
+    """`baselines` in one ``.npz`` (atomically), with the row_id of every column, for the evaluate stage."""
+    arrays = {"row_id": np.asarray(row_ids, dtype=np.int64)}
+    arrays.update({f"prediction__{name}": values for name, values in baselines.predictions.items()})
+    for name, (lower, upper) in baselines.bounds.items():
+        arrays[f"lower__{name}"], arrays[f"upper__{name}"] = lower, upper
+    for name, choice in baselines.chosen.items():
+        arrays[f"leaf__{name}"] = np.asarray(choice["min_samples_leaf"], dtype=np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_baselines(path: str | Path, row_ids: np.ndarray, runs: int) -> Baselines:
+    """The `Baselines` that `save_baselines` wrote, checked against the sample rows and the number of runs."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise SocmapError(f"{path}: not found; run `socmap baselines` (or `dvc repro`) first") from None
+    except (ValueError, OSError) as error:
+        raise SocmapError(f"{path}: not a socmap baselines file ({error}); rerun `socmap baselines`") from None
+    kinds: dict[str, dict[str, np.ndarray]] = {"prediction": {}, "lower": {}, "upper": {}, "leaf": {}}
+    for key, values in arrays.items():
+        kind, _, name = key.partition("__")
+        if kind in kinds:
+            kinds[kind][name] = values
+    if "row_id" not in arrays or not kinds["prediction"]:
+        raise SocmapError(f"{path}: not a socmap baselines file; rerun `socmap baselines`")
+    if not np.array_equal(arrays["row_id"], row_ids):
+        raise SocmapError(f"{path}: its rows differ from those of {paths.SAMPLES}; rerun `socmap baselines`")
+    made = {len(values) for values in kinds["prediction"].values()}
+    if made != {runs}:
+        raise SocmapError(f"{path}: its runs ({', '.join(map(str, sorted(made)))}) differ from the {runs} runs in "
+                          f"{paths.MODELS}; rerun `socmap baselines`")
+    bounds = {name: (lower, kinds["upper"][name]) for name, lower in kinds["lower"].items()}
+    return Baselines(kinds["prediction"], bounds,
+                     {name: {"min_samples_leaf": [int(v) for v in leaf]} for name, leaf in kinds["leaf"].items()})
+
+
+def main(params) -> None:
+    """`socmap baselines`: patches, samples and split -> data/baselines/baselines.npz (every forest's
+    predictions of each run's test rows, the quantile forest's bounds, the leaf sizes chosen)."""
+    samples = pd.read_parquet(paths.SAMPLES, columns=["row_id", "x", "y", "target"])
+    patches = np.load(paths.PATCHES, mmap_mode="r")
+    split = pd.read_parquet(paths.SPLIT, columns=["row_id", "run", "role"])
+    row_ids = samples["row_id"].to_numpy()
+    channels = channel_names(params.data.bands, params.sample.context)
+    if patches.ndim != 5 or patches.shape[1] != len(channels) or len(patches) != len(samples):
+        raise SocmapError(f"{paths.PATCHES}: shape {patches.shape} does not match the {len(samples)} rows of "
+                          f"{paths.SAMPLES} and the {len(channels)} channels of data.bands and sample.context; "
+                          "rerun `socmap sample`")
+    static = np.array([is_static(channel, params.data.static_bands) for channel in channels])
+    roles = roles_matrix(split, row_ids, split["run"].nunique())
+    baselines = baseline_predictions(patches, static, samples["target"].to_numpy(np.float64), roles,
+                                     params.evaluate, samples[["x", "y"]].to_numpy(np.float64))
+    save_baselines(paths.BASELINES, baselines, row_ids)
+    log.info("%s: %s over %d runs; leaf sizes %s", paths.BASELINES, ", ".join(baselines.predictions), len(roles),
+             {name: choice["min_samples_leaf"] for name, choice in baselines.chosen.items()})

@@ -21,6 +21,7 @@ STAGES = {
     "sample": ("socmap.sample", "extract one patch per survey row into data/processed/"),
     "split": ("socmap.split", "assign train / val / test / buffer roles into data/splits/"),
     "train": ("socmap.train", "train one model per split run into models/"),
+    "baselines": ("socmap.baselines", "the random and quantile forests of each run into data/baselines/"),
     "evaluate": ("socmap.evaluate", "test metrics, baselines and intervals into metrics/evaluate/"),
     "bundle": ("socmap.bundle", "the ensemble the map needs, one folder: data/ensemble/ (the model artifact)"),
     "map": ("socmap.mapping", "SOC maps as Cloud-Optimized GeoTIFFs into data/maps/"),

@@ -233,7 +233,7 @@ class EvaluateConfig:
     interval: float = field(default=0.9, metadata=bounds(gt=0, lt=1))
     bootstrap: int = field(default=1000, metadata=bounds(ge=0))
     rf_trees: int = field(default=300, metadata=bounds(ge=1))
-    rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=bounds(ge=1))  # tuned on validation
+    rf_min_samples_leaf: tuple[int, ...] = field(default=(1, 5, 20), metadata=bounds(ge=1))  # chosen on the stop rows
     seed: int = field(default=0, metadata=bounds(ge=0))
     batch_size: int = field(default=2048, metadata=bounds(ge=1))
     kriging: Literal["log", "linear", "none"] = "log"  # regression kriging of each run's training residuals

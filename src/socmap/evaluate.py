@@ -1,11 +1,12 @@
 """`socmap evaluate`: test metrics in g/kg, baselines side by side, the ceiling, calibrated intervals, plots.
 
 Every run's checkpoint predicts every row; with `evaluate.kriging` on, the predictions are
-regression-kriged from each run's own training residuals (`socmap.kriging.krige_runs`) before
-anything is scored, and the fields go to the map stage. The baselines are fitted on each run's
-training rows (`socmap.baselines`), the figures computed by `socmap.scoring.score` (every one in
-plots/evaluate/details.json, the `headline` to compare experiments on in metrics.json), the pictures
-drawn by `socmap.plots`. A simulated world's truth comes from the sample stage (`socmap.truth`).
+regression-kriged from residuals at rows the predicting model did not train on
+(`socmap.kriging.krige_runs`) before anything is scored, and the fields go to the map stage. The
+baselines' predictions come from the baselines stage (`socmap.baselines`), the figures from
+`socmap.scoring.score` (every one in plots/evaluate/details.json, the `headline` to compare
+experiments on in metrics.json), the pictures from `socmap.plots`. A simulated world's truth comes
+from the sample stage (`socmap.truth`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 
 from socmap import paths
 from socmap.applicability import applicability_metrics, error_profile, fit_applicability, test_applicability
-from socmap.baselines import baseline_predictions
+from socmap.baselines import load_baselines
 from socmap.correlation import ErrorCorrelation
 from socmap.errors import SocmapError
 from socmap.io import atomic_path, read_json, write_json
@@ -26,6 +27,7 @@ from socmap.kriging import ResidualField, krige_runs, save_fields
 from socmap.patches import is_static
 from socmap.plots import plot_coverage_by, plot_residual_map, plot_scatter, plot_variograms
 from socmap.scoring import Design, coverage_by, coverage_by_distance, coverage_curve, error_by_year, headline, score
+from socmap.split import roles_matrix
 from socmap.truth import load_truth
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,6 @@ def read_design(split: pd.DataFrame, row_ids: np.ndarray, runs: int, mode: str) 
     tested = split[split["role"] == "test"].drop_duplicates("row_id").set_index("row_id")["block"]
     blocks = tested.reindex(row_ids).fillna(-1).to_numpy(np.int64)
     return Design(mode, roles, blocks)
-
-
-def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndarray:
-    """[runs, N] role of each sample row (in samples order) in each run; checks split.parquet covers them."""
-    if sorted(split["run"].unique()) != list(range(runs)):
-        raise SocmapError(f"{paths.SPLIT}: runs {sorted(split['run'].unique().tolist())} but models/ holds "
-                          f"run_0..run_{runs - 1}; rerun `socmap split` and `socmap train` with the same params")
-    table = split.pivot(index="row_id", columns="run", values="role")
-    missing = np.setdiff1d(row_ids, table.index.to_numpy())
-    if missing.size or table.isna().any().any():
-        raise SocmapError(f"{paths.SPLIT}: row_id {missing[0] if missing.size else '?'} of {paths.SAMPLES} has no "
-                          f"role in some run; rerun `socmap split`")
-    return table.loc[row_ids].to_numpy().T.astype(str)
 
 
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame, outline: list,
@@ -86,7 +75,7 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
 
 
 def main(params) -> None:
-    """Read patches, samples (with their truth), split and models/run_*.pt; write metrics/evaluate/,
+    """Read patches, samples (with their truth), split, the baselines and models/run_*.pt; write metrics/evaluate/,
     plots/evaluate/ (details.json, the plot data and pictures), data/evaluate/ (the interval calibration, the
     kriging fields, the DI's reference and the errors places and years share)."""
     from socmap.predict import load_ensemble
@@ -108,7 +97,7 @@ def main(params) -> None:
     predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.mode, cfg,
                                       params.split.distance_threshold * 1000.0)
     static = np.array([is_static(name, params.data.static_bands) for name in predictors[0].spec.band_names])
-    baselines = baseline_predictions(patches, static, targets, design.roles, cfg, xy)
+    baselines = load_baselines(paths.BASELINES, samples["row_id"].to_numpy(), len(predictors))
     truth = load_truth(samples, report)
     if truth is None:
         log.info("%s has no rows: real data, no ceiling", paths.TRUTH)

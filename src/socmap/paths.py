@@ -33,6 +33,9 @@ TRAIN_CURVES = Path("plots/train/curves.csv")  # every run's epochs, one row eac
 RESUME = Path("resume/train")  # run_{k}.pt training states, emptied once training completes; not a DVC output
 TRAIN_MONITOR = Path("monitor/train")  # train.monitor: dvclive's system log and HTML report; untracked
 
+# baselines
+BASELINES = Path("data/baselines/baselines.npz")  # the forests' predictions of each run's test rows, for evaluate
+
 # evaluate
 EVALUATE_METRICS = Path("metrics/evaluate")  # dvclive: metrics.json
 EVALUATE_PLOTS = Path("plots/evaluate")  # predictions.csv and the other plot data, PNGs

@@ -70,6 +70,19 @@ def read_samples(path: str | Path) -> pd.DataFrame:
     return samples
 
 
+def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndarray:
+    """[runs, N] role of each sample row (in samples order) in each run; checks split.parquet covers them."""
+    if sorted(split["run"].unique()) != list(range(runs)):
+        raise SocmapError(f"{paths.SPLIT}: runs {sorted(split['run'].unique().tolist())} but models/ holds "
+                          f"run_0..run_{runs - 1}; rerun `socmap split` and `socmap train` with the same params")
+    table = split.pivot(index="row_id", columns="run", values="role")
+    missing = np.setdiff1d(row_ids, table.index.to_numpy())
+    if missing.size or table.isna().any().any():
+        raise SocmapError(f"{paths.SPLIT}: row_id {missing[0] if missing.size else '?'} of {paths.SAMPLES} has no "
+                          f"role in some run; rerun `socmap split`")
+    return table.loc[row_ids].to_numpy().T.astype(str)
+
+
 def site_table(site_id: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Site index of every row, and per site the mean position [S, 2] and the row count."""
     row_site, _ = pd.factorize(site_id)
