@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from socmap.errors import SocmapError
-from socmap.io import atomic_path
+from socmap.io import write_npz
 from socmap.metrics import interval_metrics, regression_metrics
 
 PROFILE_BINS = 5  # bins of equal test rows in the error profiles
@@ -183,9 +183,7 @@ class Applicability:
     def save(self, path: str | Path) -> None:
         """The reference as one ``.npz`` (atomically), for the map stage."""
         arrays = {name: np.asarray(getattr(self, name)) for name in self.__dataclass_fields__}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "Applicability":

@@ -37,7 +37,7 @@ from socmap import paths
 from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
 from socmap.errors import SocmapError
-from socmap.io import atomic_path
+from socmap.io import write_npz
 from socmap.kriging import ResidualField
 from socmap.metrics import r2_score
 from socmap.patches import channel_names, is_static
@@ -154,9 +154,7 @@ def save_baselines(path: str | Path, baselines: Baselines, row_ids: np.ndarray) 
         arrays[f"lower__{name}"], arrays[f"upper__{name}"] = lower, upper
     for name, choice in baselines.chosen.items():
         arrays[f"leaf__{name}"] = np.asarray(choice["min_samples_leaf"], dtype=np.int64)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    write_npz(path, arrays)
 
 
 def load_baselines(path: str | Path, row_ids: np.ndarray, runs: int) -> Baselines:

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from socmap.errors import SocmapError
 
 
@@ -53,6 +55,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
+    """Write `arrays` as one uncompressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:  # a file handle: np.savez would append .npz to the temporary name
+            np.savez(handle, **arrays)
 
 
 def read_text(path: str | os.PathLike, missing: str) -> str:

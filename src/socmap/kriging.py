@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 
 from socmap.config import EvaluateConfig, choices
 from socmap.errors import SocmapError
-from socmap.io import atomic_path
+from socmap.io import write_npz
 
 SPACES = choices(EvaluateConfig, "kriging")
 FLOOR = 0.1  # g/kg; observed and predicted SOC are clipped here before the log
@@ -277,9 +277,7 @@ def save_fields(path: str | Path, fields: list[ResidualField]) -> None:
         arrays[f"xy_{i}"] = field.xy
         arrays[f"residuals_{i}"] = field.residuals
         arrays[f"variogram_{i}"] = np.array([field.variogram.nugget, field.variogram.sill, field.variogram.range_km])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    write_npz(path, arrays)
 
 
 def load_fields(path: str | Path) -> list[ResidualField]:
