@@ -86,10 +86,13 @@ def test_mean_distance_by_hand():
 
 
 def test_training_distance_is_to_the_predicting_models_training_rows():
-    points = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
-    roles = np.array([["train", "test", "test"], ["test", "train", "test"]])
-    # holdout (fold −1): the ensemble's training rows, 0 and 1; kfold: the fold's own
-    np.testing.assert_allclose(training_distance(points, roles, np.array([2, 2]), np.array([-1, 0])), [5.0, 10.0])
+    points = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [9.0, 12.0]])
+    roles = np.array([["train", "val", "test", "buffer"], ["val", "train", "test", "buffer"],
+                      ["test", "buffer", "train", "train"]])
+    # holdout (fold −1): every run's training rows; kfold: those of the runs that test the row (row 2:
+    # runs 0 and 1, which trained on rows 0 and 1; row 0: run 2, on rows 2 and 3)
+    np.testing.assert_allclose(training_distance(points, roles, np.array([2, 2, 0]), np.array([-1, 0, 1])),
+                               [0.0, 5.0, 10.0])
 
 
 class BandModel:

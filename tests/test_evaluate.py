@@ -29,7 +29,7 @@ def test_roles_matrix_and_split_errors():
         roles_matrix(split, np.array([1, 2]), 3)
     samples, design, predictions, baselines = hand_made("kfold")
     with pytest.raises(SocmapError, match="test rows differ between runs"):
-        score(samples, predictions, Design("holdout", design.roles, design.blocks), baselines,
+        score(samples, predictions, Design("holdout", design.roles, design.blocks, design.groups), baselines,
               EvaluateConfig(bootstrap=0))
     split = split.assign(block=[-1, 4, -1, 4])
     assert read_design(split, np.array([2, 1]), 2, "holdout").blocks.tolist() == [4, -1]
@@ -53,9 +53,10 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     table = pd.read_csv(tmp_path / "plots/evaluate/predictions.csv")
     split_table = pd.read_parquet(tmp_path / "data/splits/split.parquet")
     test_ids = split_table[(split_table["run"] == 0) & (split_table["role"] == "test")]["row_id"]
-    if mode == "kfold":  # every row is test in exactly one fold
-        test_ids = split_table[split_table["role"] == "test"]["row_id"]
-        assert test_ids.is_unique and len(test_ids) == len(pd.read_parquet(tmp_path / "data/processed/samples.parquet"))
+    if mode == "kfold":  # every row is test in exactly one fold, in each of its 3 runs
+        tested = split_table[split_table["role"] == "test"]["row_id"].value_counts()
+        assert (tested == 3).all() and len(tested) == len(pd.read_parquet(tmp_path / "data/processed/samples.parquet"))
+        test_ids = tested.index
     assert sorted(table["row_id"]) == sorted(test_ids)
     assert_figures(metrics, sklearn_figures(table["observed"], table["ensemble"]))
     baselines = BASELINES if kriging == "log" else baseline_names("none")
@@ -69,14 +70,17 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     world = pd.read_parquet(tiny_world / "truth.parquet").set_index("row_id")  # carried by sample, row by row
     assert np.array_equal(table["truth"], world.loc[table["row_id"], "truth"])
     assert metrics["ceiling"]["oracle_r2_full"] == json.loads((tiny_world / "oracle.json").read_text())["r2_full"]
-    assert set(metrics["runs"]) == {"run_0", "run_1", "run_2"}
+    runs = 3 * 3 if mode == "kfold" else 3  # kfold: 3 runs for each of 3 test folds
+    assert set(metrics["runs"]) == {f"run_{k}" for k in range(runs)}
     assert metrics["picp"] == pytest.approx(table["observed"].between(table["lower"], table["upper"]).mean())
     assert all(leaf in params.evaluate.rf_min_samples_leaf
                for leaf in metrics["baselines"]["rf_features"]["min_samples_leaf"])
     calibration = json.loads((tmp_path / "data/evaluate/calibration.json").read_text())
     assert calibration["n"] > 20 and calibration["spread_weight"] == 1.0
     assert sorted(os.listdir(tmp_path / "metrics/evaluate")) == ["metrics.json"]
-    assert len(load_fields(tmp_path / "data/evaluate/kriging.npz")) == (3 if kriging == "log" else 0)
+    fields = load_fields(tmp_path / "data/evaluate/kriging.npz")  # one per run, shared by a test group's runs
+    assert len(fields) == (runs if kriging == "log" else 0)
+    assert len({id(field) for field in fields}) == (0 if kriging == "none" else 3 if mode == "kfold" else 1)
     # where the map can be trusted: each test row's DI against the training rows of the model(s) predicting it
     assert metrics["aoa_threshold"] == metrics["applicability"]["threshold"] > 0
     assert metrics["aoa_test_inside"] == pytest.approx((table["dissimilarity"] <= metrics["aoa_threshold"]).mean())
@@ -86,5 +90,5 @@ def test_stage_end_to_end_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, m
     assert profile["n"].sum() == len(table) and profile["dissimilarity"].is_monotonic_increasing
     assert pd.read_csv(tmp_path / "plots/evaluate/error_by_distance.csv")["n"].sum() == len(table)
     correlation = json.loads((tmp_path / "data/evaluate/error_correlation.json").read_text())
-    assert len(correlation["places"]["variograms"]) == (0 if kriging == "log" else 3)  # without kriging, the runs'
+    assert len(correlation["places"]["variograms"]) == (0 if kriging == "log" else runs)  # without kriging, the runs'
     assert (tmp_path / "data/evaluate/applicability.npz").is_file()

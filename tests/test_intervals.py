@@ -42,11 +42,11 @@ def test_the_ensemble_mean_gets_narrower_intervals_than_one_run():
     observed, predictions = draw_world(rng, 40000, runs=5, run_sd=0.5)
     mean, std = predictions.mean(axis=0), predictions.std(axis=0, ddof=1)
     covered = {}
-    for ensemble in (True, False):
-        lower, upper = prediction_interval(mean, std, calibration, ensemble=ensemble)
-        covered[ensemble] = np.mean((observed >= lower) & (observed <= upper))
-    assert abs(covered[True] - 0.9) < 0.02
-    assert covered[False] > covered[True] + 0.015  # the run-specific error counted in full: too wide
+    for runs in (5, 1):  # the mean of 5 runs, as calibrated; as if it were one run's prediction
+        lower, upper = prediction_interval(mean, std, {**calibration, "runs": runs})
+        covered[runs] = np.mean((observed >= lower) & (observed <= upper))
+    assert abs(covered[5] - 0.9) < 0.02
+    assert covered[1] > covered[5] + 0.015  # the run-specific error counted in full: too wide
 
 
 def test_bounds_are_ordered_non_negative_and_grow_with_spread():
@@ -70,7 +70,7 @@ def test_two_runs_leave_the_spread_out():
     lower, upper = prediction_interval(np.full(3, 50.0), np.array([0.0, 5.0, 50.0]), calibration)
     assert np.allclose(upper - lower, (upper - lower)[0])
     observed, predictions = draw_world(rng, 40000, runs=2)
-    lower, upper = prediction_interval(predictions[0], np.zeros(40000), calibration, ensemble=False)
+    lower, upper = prediction_interval(predictions[0], np.zeros(40000), calibration)
     assert np.mean((observed >= lower) & (observed <= upper)) == pytest.approx(0.8, abs=0.02)
 
 

@@ -118,10 +118,11 @@ def test_kriging_is_cross_fitted_and_sees_no_test_target(mode):
     samples, design, predictions, _ = hand_made(mode)
     roles, cfg = design.roles, EvaluateConfig(kriging="log", kriging_neighbours=16)
     xy, targets = samples[["x", "y"]].to_numpy(), samples["target"].to_numpy()
-    kriged, added = krige_runs(xy, targets, predictions, roles, mode, cfg, 1200.0)
+    groups = design.groups
+    kriged, added = krige_runs(xy, targets, predictions, roles, groups, cfg, 1200.0)
     for run in range(len(roles)):  # a run's test targets tell its kriging nothing
         test = roles[run] == "test"
-        again, _ = krige_runs(xy, np.where(test, 3.0 * targets, targets), predictions, roles, mode, cfg, 1200.0)
+        again, _ = krige_runs(xy, np.where(test, 3.0 * targets, targets), predictions, roles, groups, cfg, 1200.0)
         assert np.array_equal(again[run, test], kriged[run, test])
     test = roles[0] == "test"
     # the residuals kriged are the validation rows', each by the run that held it out
@@ -131,17 +132,19 @@ def test_kriging_is_cross_fitted_and_sees_no_test_target(mode):
         assert all(f is field for f in added.fields) and len(field.residuals) == len(rows)
         expected = np.log(targets[rows]) - np.log(predictions[runs, rows])
         assert np.allclose(np.sort(field.residuals), np.sort(expected))
-    else:
-        own = rows[runs == 0]
-        assert np.allclose(np.sort(field.residuals), np.sort(np.log(targets[own]) - np.log(predictions[0, own])))
+    else:  # fold 0's field: the rows its runs validate, each by the run that held it out
+        first = groups[runs] == 0
+        assert all(added.fields[k] is field for k in np.flatnonzero(groups == 0)) and field is not added.fields[-1]
+        expected = np.log(targets[rows[first]]) - np.log(predictions[runs[first], rows[first]])
+        assert len(field.residuals) == first.sum() and np.allclose(np.sort(field.residuals), np.sort(expected))
     # a validation row is kriged without its own residual: doubling its target moves its kriged value only
     # through the variogram, fitted to all residuals (a hundredth of what kriging itself would)
     row, run = rows[0], runs[0]
     nudged = targets.copy()
     nudged[row] *= 2.0
-    moved, _ = krige_runs(xy, nudged, predictions, roles, mode, cfg, 1200.0)
+    moved, _ = krige_runs(xy, nudged, predictions, roles, groups, cfg, 1200.0)
     assert abs(np.log(moved[run, row] / kriged[run, row])) < 0.01 * np.log(2.0)
     tested = roles[run] == "test"
     assert not np.array_equal(moved[run, tested], kriged[run, tested])  # its run's test rows are kriged from it
     assert np.array_equal(added.unkriged, predictions)
-    assert krige_runs(xy, targets, predictions, roles, mode, EvaluateConfig(kriging="none"), 0.0) == (predictions, None)
+    assert krige_runs(xy, targets, predictions, roles, groups, EvaluateConfig(kriging="none"), 0.0) == (predictions, None)

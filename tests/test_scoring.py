@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_squared_error, r2_score
 
-from figures import BASELINES, RUNS, assert_figures, hand_made, sklearn_figures
+from figures import BASELINES, FOLDS, RUNS, assert_figures, hand_made, sklearn_figures
 from socmap import paths
 from socmap.config import EvaluateConfig
 from socmap.evaluate import write_outputs
@@ -26,7 +26,7 @@ def written(tmp_path, mode: str, kriging: str = "none", truth: Truth | None = No
     samples, design, predictions, baselines = hand_made(mode)
     cfg = EvaluateConfig(interval=0.9, bootstrap=200, seed=0, kriging=kriging)
     predictions, added = krige_runs(samples[["x", "y"]].to_numpy(), samples["target"].to_numpy(), predictions,
-                                    design.roles, mode, cfg, 1200.0)
+                                    design.roles, design.groups, cfg, 1200.0)
     summary, table, calibration = score(samples, predictions, design, baselines, cfg, truth, added)
     roles = design.roles
     outline = [(np.array([0, 5e4, 5e4, 0, 0]), np.array([0, 0, 5e4, 5e4, 0]))]
@@ -104,19 +104,19 @@ def test_holdout_metrics_equal_sklearn_recomputation_from_predictions_csv(tmp_pa
     assert by_year["rmse"][0] == pytest.approx(np.sqrt(mean_squared_error(first["observed"], first["ensemble"])))
 
 
-def test_kfold_pools_out_of_fold_predictions(tmp_path):
+def test_kfold_pools_the_folds_ensembles_out_of_fold(tmp_path):
     metrics, table, samples, roles, predictions = written(tmp_path, "kfold")
-    assert len(table) == len(samples) and metrics["n"] == len(samples)  # every row is test once
-    assert metrics["mode"] == "kfold"
-    for k in range(RUNS):
-        fold = table[table["fold"] == k]
-        assert fold[[f"run_{j}" for j in range(RUNS) if j != k]].isna().all().all()
-        assert np.allclose(fold["ensemble"], fold[f"run_{k}"])
-        assert_figures(metrics["runs"][f"run_{k}"], sklearn_figures(fold["observed"], fold[f"run_{k}"]))
+    assert len(table) == len(samples) and metrics["n"] == len(samples)  # every row is test in one fold
+    assert metrics["mode"] == "kfold" and sorted(table["fold"].unique()) == list(range(FOLDS))
+    for f in range(FOLDS):
+        fold = table[table["fold"] == f]
+        own = [f"run_{f * RUNS + k}" for k in range(RUNS)]
+        assert fold[[f"run_{j}" for j in range(FOLDS * RUNS) if f"run_{j}" not in own]].isna().all().all()
+        assert np.allclose(fold["ensemble"], fold[own].mean(axis=1))  # the fold's runs, none of which saw it
+        assert np.allclose(fold["std"], fold[own].std(axis=1, ddof=1))
+        for column in own:
+            assert_figures(metrics["runs"][column], sklearn_figures(fold["observed"], fold[column]))
     assert_figures(metrics, sklearn_figures(table["observed"], table["ensemble"]))
-    row = 5
-    others = np.delete(predictions[:, row], table["fold"][row])
-    assert table["std"][row] == pytest.approx(np.std(others, ddof=1))
 
 
 @pytest.mark.parametrize("mode", ["holdout", "kfold"])
@@ -131,8 +131,7 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
         assert metrics["kriging"]["variograms"]["field_0"]["rows"] == (roles == "val").any(axis=0).sum()
     # the intervals, rebuilt from the csv with the calibration file: they scale with the kriging variance
     calibration = json.loads((tmp_path / paths.CALIBRATION).read_text())
-    lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, ensemble=mode == "holdout",
-                                       kappa=table["kriging_variance"])
+    lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, kappa=table["kriging_variance"])
     assert np.allclose(lower, table["lower"]) and np.allclose(upper, table["upper"])
     assert 0 < table["kriging_variance"].min() < table["kriging_variance"].max() <= 1
     inside = (table["observed"] >= table["lower"]) & (table["observed"] <= table["upper"])
@@ -140,21 +139,22 @@ def test_kriged_figures_and_the_unkriged_ensemble_recompute_from_predictions_csv
     import matplotlib
     import matplotlib.image
 
-    fields = 1 if mode == "holdout" else RUNS  # holdout: one cross-fitted field serves every run
+    fields = 1 if mode == "holdout" else FOLDS  # one cross-fitted field serves the runs of a test group
     picture = matplotlib.image.imread(tmp_path / paths.EVALUATE_PLOTS / "variogram.png")[..., :3]
     dots = [0.7 * np.array(matplotlib.colormaps["tab10"](k)[:3]) + 0.3 for k in range(fields + 1)]  # alpha 0.7
     drawn = [(np.abs(picture - dot).max(axis=-1) < 0.01).sum() for dot in dots]
     assert min(drawn[:fields]) > 20 and drawn[fields] == 0  # each field's points in its own colour, no other
     variograms = metrics["kriging"]["variograms"]
     assert metrics["kriging"]["space"] == "log" and set(variograms) == {f"field_{k}" for k in range(fields)}
-    if mode == "kfold":
-        assert all(v["rows"] == (roles[k] == "val").sum() for k, v in enumerate(variograms.values()))
+    if mode == "kfold":  # a fold's field: every row its runs validate
+        assert all(v["rows"] == (roles[f * RUNS:(f + 1) * RUNS] == "val").any(axis=0).sum()
+                   for f, v in enumerate(variograms.values()))
+    assert calibration["runs"] == RUNS  # the intervals surround the mean of a group's runs
     by = pd.read_csv(tmp_path / paths.EVALUATE_PLOTS / "coverage_by.csv")
     near = table[table["distance_km"] < 2.0]
     nine = by[(by["by"] == "distance") & (by["bin"] == "0-2 km") & (by["nominal"] == 0.9)]
     assert len(near) > 0
-    lower, upper = prediction_interval(near["ensemble"], near["std"], calibration, ensemble=mode == "holdout",
-                                       kappa=near["kriging_variance"])
+    lower, upper = prediction_interval(near["ensemble"], near["std"], calibration, kappa=near["kriging_variance"])
     assert nine["observed"].item() == pytest.approx(((near["observed"] >= lower) & (near["observed"] <= upper)).mean())
     assert by[(by["by"] == "target") & (by["nominal"] == 0.9)]["rows"].sum() == len(table)
     assert by[(by["by"] == "distance") & (by["nominal"] == 0.9)]["rows"].sum() == len(table)

@@ -69,7 +69,7 @@ def split_of(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> pd.DataF
 
 def check_guarantees(samples: pd.DataFrame, split: pd.DataFrame, cfg: SplitConfig, num_runs: int) -> None:
     """Every promise of the split, recomputed from the two tables alone."""
-    runs = cfg.folds if cfg.mode == "kfold" else num_runs
+    runs = cfg.folds * num_runs if cfg.mode == "kfold" else num_runs
     assert sorted(split["run"].unique()) == list(range(runs))
     assert set(split["role"]) <= set(ROLES)
     xy = samples[["x", "y"]].to_numpy()
@@ -100,15 +100,18 @@ def check_guarantees(samples: pd.DataFrame, split: pd.DataFrame, cfg: SplitConfi
     if cfg.mode == "holdout":
         need_test = math.ceil(cfg.test_ratio * len(samples) - 1e-9)
         assert need_test <= tests[0].sum() <= need_test + largest_site - 1
-        assert all((t == tests[0]).all() for t in tests)
-        validated = np.sum(vals, axis=0)
-        assert validated.max() == 1  # the folds: a row validates in one run at most
-        # every row outside test and its buffer validates in exactly one run
-        near_test = np.array([min_distance(xy, samples["site_id"].to_numpy() == site, tests[0]) <= threshold
-                              for site in samples["site_id"]])
-        assert (validated[~tests[0] & ~near_test] == 1).all()
     else:
-        assert (np.sum(tests, axis=0) == 1).all()  # every row is tested in exactly one fold
+        assert (np.sum(tests, axis=0) == num_runs).all()  # every row is tested in exactly one fold's runs
+    for group in range(runs // num_runs):  # the runs of a test group (kfold: a fold) share their test rows
+        members = range(group * num_runs, (group + 1) * num_runs)
+        test = tests[members[0]]
+        assert all((tests[k] == test).all() for k in members)
+        validated = np.sum([vals[k] for k in members], axis=0)
+        assert validated.max() == 1  # the folds: a row validates in one run of its group at most
+        # every row outside test and its buffer validates in exactly one run of the group
+        near_test = np.array([min_distance(xy, samples["site_id"].to_numpy() == site, test) <= threshold
+                              for site in samples["site_id"]])
+        assert (validated[~test & ~near_test] == 1).all()
 
 
 clouds = st.tuples(st.integers(0, 2**31 - 1), st.integers(20, 140), st.floats(5.0, 60.0), st.floats(0.0, 0.8))
@@ -131,7 +134,8 @@ def test_split_keeps_its_guarantees_or_says_why_not(cloud, cfg, num_runs):
         event(message.split(" = ")[0])
         if "validation folds" in message:
             assert "sites lie outside the test set and its buffer, too few for" in message
-            assert message.endswith("split.test_ratio or split.distance_threshold")
+            assert message.endswith("split.distance_threshold or raise split.folds (smaller test folds)"
+                                    if cfg.mode == "kfold" else "split.test_ratio or split.distance_threshold")
         elif "split.folds" in message:  # fewer blocks with data than folds
             assert cfg.mode == "kfold" and "split.test_block_km" in message
         elif "stop_ratio" in message:
@@ -249,7 +253,7 @@ def test_stage_on_the_tiny_world(tiny_world, tmp_path, monkeypatch, mode):
     assert (tmp_path / paths.SPLIT_PLOTS / "distances.png").stat().st_size > 10_000
     check_guarantees(samples, split, params.split, params.train.num_runs)
     metrics = json.loads((tmp_path / paths.SPLIT_METRICS).read_text())
-    assert metrics["rows"] == len(samples) and metrics["runs"] == (3 if mode == "kfold" else 2)
+    assert metrics["rows"] == len(samples) and metrics["runs"] == (3 * 2 if mode == "kfold" else 2)
     assert metrics["min_distance_km"] > params.split.distance_threshold
     assert not list(tmp_path.glob("data/splits/.*.tmp")), "a temporary file was left behind"
 

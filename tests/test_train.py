@@ -97,14 +97,14 @@ def test_a_training_killed_mid_epoch_resumes_to_the_same_models_and_leaves_no_te
     assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(6))  # replayed once, then continued
 
 
-def test_kfold_trains_one_model_per_fold_of_the_split(project, tmp_path):
+def test_kfold_trains_every_run_of_the_split(project, tmp_path):
     params = params_for(project, **{"split.mode": "kfold", "split.folds": 3, "train.num_runs": 1,
                                     "train.epochs": 1})
     (tmp_path / "models").mkdir()
     (tmp_path / "models/run_4.pt").write_bytes(b"from an earlier train")
     records = []
     summary = run_train(project, tmp_path, params, lambda run, r: records.append(run))
-    assert records == [0, 1, 2]  # the split's 3 folds, not train.num_runs
+    assert records == [0, 1, 2]  # the split's 3 folds × 1 run each, not train.num_runs
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["best.pt", "run_0.pt", "run_1.pt",
                                                                         "run_2.pt"]
     assert [Predictor.load(tmp_path / f"models/run_{k}.pt").run for k in range(3)] == [0, 1, 2]

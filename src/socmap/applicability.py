@@ -219,13 +219,14 @@ def fit_applicability(predictors: Sequence, patches: np.ndarray, targets: np.nda
 
 
 def training_distance(points: np.ndarray, roles: np.ndarray, rows: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Distance from each of `rows` to the nearest row its predicting model(s) trained on, in the space of
-    `points` [N, D] (x, y in metres, or the dissimilarity index's): per row, `fold` the run that tests it,
-    or −1 for every run's training rows (holdout: the ensemble's)."""
+    """Distance from each of `rows` to the nearest row its predicting models trained on, in the space of
+    `points` [N, D] (x, y in metres, or the dissimilarity index's): per row, `fold` its test fold, whose
+    runs test it (kfold), or −1 for every run's training rows (holdout: the ensemble's)."""
     out = np.empty(len(rows))
-    for run in np.unique(fold):
-        train = (roles == "train").any(axis=0) if run < 0 else roles[run] == "train"
-        here = fold == run
+    for group in np.unique(fold):
+        here = fold == group
+        testing = slice(None) if group < 0 else roles[:, rows[here][0]] == "test"
+        train = (roles[testing] == "train").any(axis=0)
         out[here] = cKDTree(points[train]).query(points[rows[here]])[0]
     return out
 

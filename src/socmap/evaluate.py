@@ -27,19 +27,19 @@ from socmap.kriging import ResidualField, krige_runs, save_fields
 from socmap.patches import is_static
 from socmap.plots import plot_coverage_by, plot_residual_map, plot_scatter, plot_variograms
 from socmap.scoring import Design, coverage_by, coverage_by_distance, coverage_curve, error_by_year, headline, score
-from socmap.split import roles_matrix
+from socmap.split import roles_matrix, test_groups
 from socmap.truth import load_truth
 
 log = logging.getLogger(__name__)
 
 
 def read_design(split: pd.DataFrame, row_ids: np.ndarray, runs: int, mode: str) -> Design:
-    """The roles [runs, N] of each sample row (in samples order) in each run and each row's test block;
-    checks split.parquet covers them."""
+    """The roles [runs, N] of each sample row (in samples order) in each run, each row's test block and
+    each run's test group; checks split.parquet covers them."""
     roles = roles_matrix(split, row_ids, runs)
     tested = split[split["role"] == "test"].drop_duplicates("row_id").set_index("row_id")["block"]
     blocks = tested.reindex(row_ids).fillna(-1).to_numpy(np.int64)
-    return Design(mode, roles, blocks)
+    return Design(mode, roles, blocks, test_groups(roles))
 
 
 def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples: pd.DataFrame, outline: list,
@@ -54,9 +54,8 @@ def write_outputs(summary: dict, table: pd.DataFrame, calibration: dict, samples
         write_json(tmp / paths.EVALUATE_DETAILS.name, summary)
         table.to_csv(tmp / "predictions.csv", index=False)
         error_by_year(table).to_csv(tmp / "error_by_year.csv", index=False)
-        ensemble = summary["mode"] == "holdout"
-        coverage_curve(table, calibration, ensemble).to_csv(tmp / "coverage.csv", index=False)
-        by = coverage_by(table, calibration, ensemble)
+        coverage_curve(table, calibration).to_csv(tmp / "coverage.csv", index=False)
+        by = coverage_by(table, calibration)
         by.to_csv(tmp / "coverage_by.csv", index=False)
         coverage_by_distance(by).to_csv(tmp / "coverage_by_distance.csv", index=False)
         plot_coverage_by(by, float(calibration["interval"]), tmp / "coverage_by_distance.png")
@@ -94,7 +93,7 @@ def main(params) -> None:
                          params.split.mode)
     targets, xy = samples["target"].to_numpy(np.float64), samples[["x", "y"]].to_numpy(np.float64)
     unkriged = StackedEnsemble(predictors).predict(patches, cfg.batch_size)  # [runs, N]
-    predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.mode, cfg,
+    predictions, kriging = krige_runs(xy, targets, unkriged, design.roles, design.groups, cfg,
                                       params.split.distance_threshold * 1000.0)
     static = np.array([is_static(name, params.data.static_bands) for name in predictors[0].spec.band_names])
     baselines = load_baselines(paths.BASELINES, samples["row_id"].to_numpy(), len(predictors))

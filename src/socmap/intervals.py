@@ -81,17 +81,15 @@ def fit_calibration(observed: np.ndarray, predicted: np.ndarray, spread: np.ndar
 
 
 def prediction_interval(mean: np.ndarray, std: np.ndarray, calibration: dict, level: float | None = None,
-                        ensemble: bool = True, kappa: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        kappa: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds (g/kg, lower ≥ 0) around `mean` with `std` the spread of the runs.
 
     Args:
-        mean: the mean of all runs' predictions (or, with ``ensemble=False``, one run's prediction), g/kg.
+        mean: the mean of the runs' predictions (``calibration["runs"]`` of them), g/kg.
         std: the spread (ddof 1) of the runs' predictions, g/kg.
-        kappa: the relative kriging variance (the mean of the runs'; with ``ensemble=False`` that run's);
-            None: no kriging (1).
+        kappa: the relative kriging variance (the mean of the runs'); None: no kriging (1).
         calibration: what `fit_calibration` returned (data/evaluate/calibration.json).
         level: nominal coverage; one of the calibrated levels, default ``calibration["interval"]``.
-        ensemble: whether `mean` averages all the runs (their own errors then partly cancel).
     """
     level = calibration["interval"] if level is None else level
     try:
@@ -100,8 +98,8 @@ def prediction_interval(mean: np.ndarray, std: np.ndarray, calibration: dict, le
         raise SocmapError(f"no interval calibrated at level {level:g}; calibrated: "
                           f"{', '.join(calibration['quantiles'])}") from None
     mean = np.asarray(mean, dtype=np.float64)
-    runs = calibration["runs"] if ensemble else 1
-    spread_var = calibration["spread_weight"] * np.nan_to_num(np.asarray(std, dtype=np.float64)) ** 2 / runs
+    spread_var = (calibration["spread_weight"] * np.nan_to_num(np.asarray(std, dtype=np.float64)) ** 2
+                  / calibration["runs"])
     kappa = 1.0 if kappa is None else np.asarray(kappa, dtype=np.float64)
     scale = np.sqrt(kappa * (calibration["s0"] ** 2 + (calibration["relative"] * mean) ** 2) + spread_var)
     return np.maximum(mean + low * scale, 0.0), mean + high * scale

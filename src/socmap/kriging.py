@@ -5,10 +5,11 @@ whatever no band describes (parent material, land-use history; in the simulated 
 ``r(x)``) is similar at sites a few km apart. Regression kriging, the usual complement of a
 covariate model in digital soil mapping, adds it back:
 
-- each run's residuals at its own training rows, in `space` ``log`` (``log observed − log
-  predicted``: SOC errors are multiplicative) or ``linear`` (g/kg), are fitted with an exponential
-  variogram ``nugget + sill·(1 − exp(−h / range))``;
-- at a new location, simple kriging with the nearest `neighbours` training rows interpolates the
+- the residuals at rows the predicting models did not train on (the validation rows, each by the
+  run that held it out: `krige_runs`), in `space` ``log`` (``log observed − log predicted``: SOC
+  errors are multiplicative) or ``linear`` (g/kg), are fitted with an exponential variogram
+  ``nugget + sill·(1 − exp(−h / range))``;
+- at a new location, simple kriging with the nearest `neighbours` of those rows interpolates the
   residual ``r̂`` with error variance ``σ²``, and the model's prediction is shifted by ``r̂`` (linear)
   or multiplied by ``exp(r̂ + σ²/2)`` (log: the mean of a log-normal error, not its median, which
   would bias every prediction low);
@@ -17,8 +18,9 @@ covariate model in digital soil mapping, adds it back:
   them. The prediction intervals scale with it (`socmap.intervals`), so that they widen with
   the distance to the nearest sites.
 
-A run's validation and test rows are never among its kriging data, so its validation figures, the
-interval calibration on them and the test figures all see the kriged prediction as the map does.
+A run's test rows are never among its kriging data and its validation rows are kriged without their
+own residuals, so its validation figures, the interval calibration on them and the test figures
+all see the kriged prediction as the map does.
 Distances are Euclidean in the metric working CRS of ``x, y`` (`socmap.ground`), as in the split.
 """
 
@@ -217,7 +219,7 @@ class Kriging:
     """What regression kriging adds to the runs' predictions (`krige_runs`)."""
 
     unkriged: np.ndarray  # [K, N] the predictions before kriging, g/kg
-    fields: list[ResidualField]  # the field of each run's test rows and map pixels (holdout: one for all)
+    fields: list[ResidualField]  # the field of each run's test rows and map pixels (one per test group)
     variance: np.ndarray  # [K, N] relative kriging variance of each run at each row
 
 
@@ -229,18 +231,19 @@ def out_of_fold(predictions: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray,
     return oof, run_of
 
 
-def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, mode: str,
+def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, groups: np.ndarray,
                cfg: EvaluateConfig, threshold_m: float) -> tuple[np.ndarray, Kriging | None]:
     """Every run's predictions, regression-kriged from residuals of rows the predicting model did not
     train on (cross-fitted): the validation rows, each scored by the run that held it out.
 
-    holdout: one field of every validation row's residual serves every run's test rows (and the map);
-    a run's own validation rows are kriged from the other folds' residuals beyond `threshold_m`, as
-    the split buffers them. kfold: a run's field is its own validation rows' residuals, which its test
-    rows are kriged from; those rows themselves from the others beyond `threshold_m`.
+    The runs that share their test rows (a test group: holdout's runs, or kfold's runs of one test
+    fold) share one field of every validation row's residual in the group, which serves their test
+    rows (and, for the map, their pixels); a run's own validation rows are kriged from the group's
+    other folds' residuals beyond `threshold_m`, as the split buffers them.
 
     Args:
-        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N]; mode: split.mode.
+        xy: [N, 2] metres; targets: [N]; predictions: [K, N] g/kg; roles: [K, N].
+        groups: [K] the test group of every run (`socmap.split.test_groups`).
         cfg: evaluate.* (kriging, kriging_neighbours).
     Returns:
         ([K, N] kriged predictions, what kriging added); with kriging none, the predictions and None.
@@ -248,20 +251,19 @@ def krige_runs(xy: np.ndarray, targets: np.ndarray, predictions: np.ndarray, rol
     space, neighbours = cfg.kriging, cfg.kriging_neighbours
     if space == "none":
         return predictions, None
-    oof, run_of = out_of_fold(predictions, roles)
-    known = run_of >= 0
-    holdout = mode == "holdout"
-    pooled = ResidualField.fit(xy[known], targets[known], oof[known], space, neighbours) if holdout else None
-    kriged, variance, fields = np.empty_like(predictions), np.empty_like(predictions), []
-    for run, predicted in enumerate(predictions):
-        field = pooled if holdout else ResidualField.fit(xy[run_of == run], targets[run_of == run],
-                                                         oof[run_of == run], space, neighbours)
-        residual, variance[run] = field.krige(xy)
-        own = roles[run] == "val"
-        held_out = field.subset(run_of[known] != run) if holdout else field
-        residual[own], variance[run, own] = held_out.krige(xy[own], threshold_m)
-        kriged[run] = field.correct(predicted, residual, variance[run])
-        fields.append(field)
+    kriged, variance = np.empty_like(predictions), np.empty_like(predictions)
+    fields: list[ResidualField | None] = [None] * len(predictions)
+    for group in np.unique(groups):
+        runs = np.flatnonzero(groups == group)
+        oof, run_of = out_of_fold(predictions[runs], roles[runs])
+        known = run_of >= 0
+        field = ResidualField.fit(xy[known], targets[known], oof[known], space, neighbours)
+        for member, run in enumerate(runs):
+            residual, variance[run] = field.krige(xy)
+            own = roles[run] == "val"
+            residual[own], variance[run, own] = field.subset(run_of[known] != member).krige(xy[own], threshold_m)
+            kriged[run] = field.correct(predictions[run], residual, variance[run])
+            fields[run] = field
     return kriged, Kriging(predictions, fields, variance)
 
 

@@ -6,9 +6,9 @@ the intervals are calibrated on validation rows.
 
 - holdout: every run has the same test rows; the ensemble is the mean of the runs' predictions and
   its spread their std.
-- kfold: each run (fold) has its own test rows and every row is test once, so the headline figures
-  are pooled out of fold: each row predicted by the one model that did not see it; per-run figures
-  are per fold.
+- kfold: each test fold has its own runs (`socmap.split`), and every row is test in one fold, so the
+  headline figures are pooled out of fold: each row predicted by the ensemble of its fold's runs,
+  none of which saw it; per-run figures are per run of a fold.
 
 Test rows lie in square blocks, and the errors of one block are correlated: the bootstrap resamples
 whole blocks (``bootstrap.unit`` says so), paired for the gains over the baselines.
@@ -43,12 +43,14 @@ TARGET_BINS = 4  # target quartiles of the coverage table
 
 @dataclass(frozen=True)
 class Design:
-    """The split as evaluate reads it: split.mode, the role of every row in every run [K, N], and the
-    test block of every row (−1 for a row no run tests)."""
+    """The split as evaluate reads it: split.mode, the role of every row in every run [K, N], the test
+    block of every row (−1 for a row no run tests) and the test group of every run [K] (the runs that
+    share their test rows: holdout's all, kfold's of one fold; `socmap.split.test_groups`)."""
 
     mode: str
     roles: np.ndarray
     blocks: np.ndarray
+    groups: np.ndarray
 
 
 def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baselines: Baselines,
@@ -66,13 +68,13 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baseli
         interval calibration).
     """
     targets, roles = samples["target"].to_numpy(np.float64), design.roles
-    observed, predicted, others, kappa = calibration_rows(targets, predictions, roles,
+    observed, predicted, others, kappa = calibration_rows(targets, predictions, roles, design.groups,
                                                           None if kriging is None else kriging.variance)
-    calibration = fit_calibration(observed, predicted, others, runs=len(predictions), interval=cfg.interval,
-                                  kappa=kappa)
+    calibration = fit_calibration(observed, predicted, others, runs=int(np.bincount(design.groups).min()),
+                                  interval=cfg.interval, kappa=kappa)
     table, rows = test_table(samples, predictions, design, calibration, kriging)
     for name, per_run in baselines.predictions.items():
-        table[name] = np.nanmean(per_run[:, rows], axis=0)  # holdout: mean of the runs; kfold: the fold's
+        table[name] = np.nanmean(per_run[:, rows], axis=0)  # the mean of the runs that test the row
     for name, (lower, upper) in baselines.bounds.items():
         table[f"{name}_lower"], table[f"{name}_upper"] = (np.nanmean(b[:, rows], axis=0) for b in (lower, upper))
     if truth is not None:
@@ -93,7 +95,7 @@ def score(samples: pd.DataFrame, predictions: np.ndarray, design: Design, baseli
                                                            table[f"{name}_upper"], cfg.interval))
     summary["ceiling"] = ceiling(table, truth)
     summary["kriging"] = kriging_summary(table, kriging)
-    curve = coverage_curve(table, calibration, ensemble=design.mode == "holdout")
+    curve = coverage_curve(table, calibration)
     summary["coverage"] = curve.set_index("nominal")["observed"].rename(lambda v: f"{v:g}").to_dict()
     return summary, table, calibration
 
@@ -129,16 +131,17 @@ def headline(details: dict) -> dict:
 def test_table(samples: pd.DataFrame, predictions: np.ndarray, design: Design, calibration: dict,
                kriging: Kriging | None) -> tuple[pd.DataFrame, np.ndarray]:
     """The test rows with every run's prediction, the ensemble, its spread, interval and residual, the
-    test block and the distance to the nearest training row (with kriging also the prediction before
-    it and the relative kriging variance); and their positions."""
-    roles, mode = design.roles, design.mode
-    rows, mean, std, fold = test_scores(predictions, roles, mode)
-    kappa = None if kriging is None else at_test_rows(kriging.variance, rows, fold)
-    lower, upper = prediction_interval(mean, std, calibration, ensemble=mode == "holdout", kappa=kappa)
+    test block (kfold: and fold) and the distance to the nearest training row (with kriging also the
+    prediction before it and the relative kriging variance); and their positions."""
+    roles = design.roles
+    rows, fold = test_rows(roles, design.groups, design.mode)
+    mean, std = at_test_rows(predictions, rows, fold, design.groups), test_spread(predictions, rows, fold, design.groups)
+    kappa = None if kriging is None else at_test_rows(kriging.variance, rows, fold, design.groups)
+    lower, upper = prediction_interval(mean, std, calibration, kappa=kappa)
     observed = samples["target"].to_numpy(np.float64)[rows]
     table = samples.iloc[rows][["row_id", "site_id", "year", "x", "y"]].reset_index(drop=True)
     table["observed"] = observed
-    if mode == "kfold":
+    if design.mode == "kfold":
         table["fold"] = fold
     table["block"] = design.blocks[rows]
     table["distance_km"] = training_distance(samples[["x", "y"]].to_numpy(float), roles, rows, fold) / 1000.0
@@ -146,17 +149,14 @@ def test_table(samples: pd.DataFrame, predictions: np.ndarray, design: Design, c
         table[f"run_{k}"] = np.where(roles[k, rows] == "test", predictions[k, rows], np.nan)
     table = table.assign(ensemble=mean, std=std, lower=lower, upper=upper, residual=mean - observed)
     if kriging is not None:
-        table["unkriged"] = at_test_rows(kriging.unkriged, rows, fold)
+        table["unkriged"] = at_test_rows(kriging.unkriged, rows, fold, design.groups)
         table["kriging_variance"] = kappa
     return table, rows
 
 
-def test_scores(predictions: np.ndarray, roles: np.ndarray, mode: str) -> tuple[np.ndarray, ...]:
-    """Rows scored on test, their prediction, spread and (kfold) fold.
-
-    Returns (rows, mean, std, fold): holdout: mean and std over all runs; kfold: the fold model's
-    prediction and the std of the other runs (as on the calibration rows), fold = the run testing the row.
-    """
+def test_rows(roles: np.ndarray, groups: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows scored on test and the test group (kfold: the fold) of each; −1 in holdout, where every
+    run tests them."""
     test = roles == "test"
     if mode == "holdout":
         if not (test == test[0]).all():
@@ -164,28 +164,45 @@ def test_scores(predictions: np.ndarray, roles: np.ndarray, mode: str) -> tuple[
                               f"rerun `socmap split`")
         rows = np.flatnonzero(test[0])
         fold = np.full(rows.size, -1)
-        std = spread(predictions[:, rows])
     else:
         rows = np.flatnonzero(test.any(axis=0))
-        fold = test[:, rows].argmax(axis=0)
-        std = np.array([spread(np.delete(predictions[:, r], f)) for r, f in zip(rows, fold)])
+        fold = groups[test[:, rows].argmax(axis=0)]
     if rows.size == 0:
         raise SocmapError(f"{paths.SPLIT}: no test rows; raise split.test_ratio")
-    return rows, at_test_rows(predictions, rows, fold), std, fold
+    return rows, fold
 
 
-def at_test_rows(values: np.ndarray, rows: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Per-run values [K, N] at the test `rows`: their mean over the runs (holdout, fold −1) or the
-    value of the run that tests the row (kfold)."""
-    return values[:, rows].mean(axis=0) if (fold < 0).all() else values[fold, rows]
+def at_test_rows(values: np.ndarray, rows: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per-run values [K, N] at the test `rows`: their mean over the runs that test each row (holdout,
+    fold −1: every run; kfold: the runs of the row's fold)."""
+    if (fold < 0).all():
+        return values[:, rows].mean(axis=0)
+    out = np.empty(rows.size)
+    for group in np.unique(fold):
+        here = fold == group
+        out[here] = values[np.ix_(groups == group, rows[here])].mean(axis=0)
+    return out
 
 
-def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray,
+def test_spread(predictions: np.ndarray, rows: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The spread of the predictions of the runs that test each of `rows` (as `at_test_rows` averages them)."""
+    if (fold < 0).all():
+        return spread(predictions[:, rows])
+    out = np.empty(rows.size)
+    for group in np.unique(fold):
+        here = fold == group
+        out[here] = spread(predictions[np.ix_(groups == group, rows[here])])
+    return out
+
+
+def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.ndarray, groups: np.ndarray,
                      variance: np.ndarray | None = None) -> tuple[np.ndarray | None, ...]:
-    """(observed, honest prediction, spread of the other runs, that run's relative kriging variance or None)
-    for every (row, run) where the row is validation."""
+    """(observed, honest prediction, spread of the other runs of its test group, that run's relative
+    kriging variance or None) for every (row, run) where the row is validation."""
     runs, rows = np.nonzero(roles == "val")
-    others = np.array([spread(np.delete(predictions[:, r], k)) for k, r in zip(runs, rows)])
+    members = [np.flatnonzero(groups == group) for group in range(groups.max() + 1)]
+    others = np.array([spread(np.delete(predictions[members[groups[k]], r], np.searchsorted(members[groups[k]], k)))
+                       for k, r in zip(runs, rows)])
     return targets[rows], predictions[runs, rows], others, None if variance is None else variance[runs, rows]
 
 
@@ -265,24 +282,23 @@ def kriging_summary(table: pd.DataFrame, kriging: Kriging | None) -> dict:
             "unkriged": regression_metrics(table["observed"], table["unkriged"])}
 
 
-def coverage_curve(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.DataFrame:
+def coverage_curve(table: pd.DataFrame, calibration: dict) -> pd.DataFrame:
     """Nominal against observed coverage (and mean width) of the test rows at every calibrated level.
 
     Args:
         table: the test table (`test_table`): observed, ensemble, std and, with kriging, kriging_variance.
-        ensemble: whether the predictions are the mean of all runs (holdout) or one run's (kfold).
     """
     rows = []
     for level in sorted(float(k) for k in calibration["quantiles"]):
         lower, upper = prediction_interval(table["ensemble"], table["std"], calibration, level=level,
-                                           ensemble=ensemble, kappa=table.get("kriging_variance"))
+                                           kappa=table.get("kriging_variance"))
         figures = interval_metrics(table["observed"], lower, upper, level)
         rows.append({"nominal": level, "observed": figures["picp"], "width": figures["interval_width"],
                      "interval_score": figures["interval_score"]})
     return pd.DataFrame(rows)
 
 
-def coverage_by(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.DataFrame:
+def coverage_by(table: pd.DataFrame, calibration: dict) -> pd.DataFrame:
     """Observed coverage at every calibrated level by distance to the nearest training row (km bins) and
     by target quartile: columns by (distance or target), bin, rows, nominal, observed."""
     groups = {"distance": pd.cut(table["distance_km"], DISTANCE_BINS_KM, right=False, labels=DISTANCE_LABELS),
@@ -290,7 +306,7 @@ def coverage_by(table: pd.DataFrame, calibration: dict, ensemble: bool) -> pd.Da
     out = []
     for by, labels in groups.items():
         for label, group in table.groupby(labels, observed=True, sort=True):  # bins in order, empty ones left out
-            curve = coverage_curve(group, calibration, ensemble)
+            curve = coverage_curve(group, calibration)
             out.append(curve.assign(by=by, bin=str(label), rows=len(group))[["by", "bin", "rows", "nominal",
                                                                                "observed"]])
     return pd.concat(out, ignore_index=True)

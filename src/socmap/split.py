@@ -8,12 +8,14 @@ role. Distances are Euclidean in the metric working CRS of ``x, y`` (metres, `so
 
 - **Test**: square blocks (``socmap.folds``); **buffer**: every site outside test with a row within
   ``split.distance_threshold`` km of a test row.
-- **Validation** (holdout): the sites outside test and buffer are cut into ``train.num_runs`` folds
-  (two for a single run) by kNNDM (``socmap.folds.knndm_folds``), whose held-out-to-training distances match those from the
-  map's pixels to the sites; run k validates on fold k, so every such row is validated once, by the
-  one run that did not train on it (kfold: each run cuts its own rows outside test into
-  ``split.folds`` folds and validates on one). The training rows within the threshold of a
-  validation row are that run's buffer.
+- **Validation**: the sites outside test and buffer are cut into ``train.num_runs`` folds (two for a
+  single run) by kNNDM (``socmap.folds.knndm_folds``), whose held-out-to-training distances match
+  those from the map's pixels to the sites; run k validates on fold k, so every such row is
+  validated once, by the one run that did not train on it. kfold nests the same design in each of
+  the ``split.folds`` test folds: ``split.folds × train.num_runs`` runs, the runs of test fold f
+  numbered ``f·num_runs + k``, so that each fold's test rows are predicted by an ensemble and kriged
+  from every validation row outside them, as the holdout's are. The training rows within the
+  threshold of a validation row are that run's buffer.
 - **Stop**: of the run's remaining rows, ``split.stop_ratio`` drawn buffered and matched to the
   target strata (``socmap.buffered``), so that the validation rows choose nothing.
 
@@ -83,6 +85,15 @@ def roles_matrix(split: pd.DataFrame, row_ids: np.ndarray, runs: int) -> np.ndar
     return table.loc[row_ids].to_numpy().T.astype(str)
 
 
+def test_groups(roles: np.ndarray) -> np.ndarray:
+    """[K] the group of every run: runs with the same test rows form one (holdout: one group of all
+    runs; kfold: one per test fold), numbered in run order."""
+    _, first, group = np.unique(roles == "test", axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[np.asarray(group).ravel()]
+
+
 def site_table(site_id: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Site index of every row, and per site the mean position [S, 2] and the row count."""
     row_site, _ = pd.factorize(site_id)
@@ -93,13 +104,13 @@ def site_table(site_id: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def tested_sites(site_xy: np.ndarray, site_rows: np.ndarray, cfg: SplitConfig,
                  num_runs: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The test sites of every run (one hold-out repeated `num_runs` times, or one fold per run) and the
-    test block of every site."""
+    """The test sites of every test group (one hold-out, or one per fold of split.folds) and the test
+    block of every site."""
     block_m = cfg.test_block_km * 1000.0
     rng = np.random.default_rng([cfg.seed, 0])
     if cfg.mode == "holdout":
         test, block = holdout_test(site_xy, site_rows, cfg.test_ratio, block_m, rng)
-        return [test] * num_runs, block
+        return [test], block
     fold, block = block_folds(site_xy, site_rows, cfg.folds, block_m, rng)
     return [fold == k for k in range(cfg.folds)], block
 
@@ -124,12 +135,12 @@ class Sites:
         if not pool.any():
             raise SocmapError(no_training_rows(self.xy, test[self.row_site], cfg))
         if pool.sum() < folds:
-            key = "split.folds" if cfg.mode == "kfold" else "train.num_runs"
-            why = f"split.folds = {folds}" if cfg.mode == "kfold" else "one per run of train.num_runs, two for one run"
-            fewer = f"{key}, " if folds > 2 else ""
+            fewer = "train.num_runs, " if folds > 2 else ""
+            lower = (f"lower {fewer}split.distance_threshold or raise split.folds (smaller test folds)"
+                     if cfg.mode == "kfold" else f"lower {fewer}split.test_ratio or split.distance_threshold")
             raise SocmapError(f"split: only {int(pool.sum())} of {len(pool)} sites lie outside the test set and its "
-                              f"buffer, too few for {folds} validation folds ({why}); lower {fewer}split.test_ratio "
-                              f"or split.distance_threshold")
+                              f"buffer, too few for {folds} validation folds (one per run of train.num_runs, two "
+                              f"for one run); {lower}")
         fold = np.full(len(pool), -1)
         fold[pool], report = knndm_folds(self.site_xy[pool], self.site_rows[pool], self.prediction_xy, folds,
                                          cfg.distance_threshold * 1000.0, rng)
@@ -169,26 +180,22 @@ def run_roles(sites: Sites, test: np.ndarray, val: np.ndarray, cfg: SplitConfig,
 def assign_roles(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int,
                  prediction_xy: np.ndarray) -> tuple[pd.DataFrame, dict]:
     """Role of every row in every run (columns row_id, run, role, block; rows in sample order within a
-    run) and the kNNDM choice of each run's validation folds."""
+    run) and the kNNDM choice of each test group's validation folds (keyed "all" in holdout, by the
+    test fold in kfold)."""
     sites = Sites(samples, prediction_xy)
     tests, block = tested_sites(sites.site_xy, sites.site_rows, cfg, num_runs)
-    folds, reports = {}, {}
-    if cfg.mode == "holdout":  # one cut of the rows outside test serves every run
-        # one fold per run (two for a single run, which then validates on half the rows)
-        fold, reports["all"] = sites.validation_folds(tests[0], max(2, num_runs), cfg,
-                                                      np.random.default_rng([cfg.seed, 2]))
-        folds = {run: fold == run for run in range(num_runs)}
-    frames = []
-    for run in tqdm(range(len(tests)), desc="split runs", disable=None):
-        test = tests[run]
-        if cfg.mode == "kfold":
-            fold, reports[str(run)] = sites.validation_folds(test, cfg.folds, cfg,
-                                                             np.random.default_rng([cfg.seed + run, 2]))
-            folds[run] = fold == 0
-        roles = run_roles(sites, test, folds[run], cfg, np.random.default_rng([cfg.seed + run, 1]))[sites.row_site]
-        frames.append(pd.DataFrame({"row_id": samples["row_id"].to_numpy(np.int64), "run": np.int64(run),
-                                    "role": np.asarray(ROLES)[roles],
-                                    "block": np.where(roles == TEST, block[sites.row_site], -1).astype(np.int64)}))
+    reports, frames = {}, []
+    for group, test in enumerate(tests):
+        # one cut of the rows outside the group's test rows serves its runs: one fold per run (two for
+        # a single run, which then validates on half the rows)
+        fold, reports["all" if cfg.mode == "holdout" else str(group)] = sites.validation_folds(
+            test, max(2, num_runs), cfg, np.random.default_rng([cfg.seed + group, 2]))
+        for k in tqdm(range(num_runs), desc=f"split runs of test group {group}", disable=None):
+            run = group * num_runs + k
+            roles = run_roles(sites, test, fold == k, cfg, np.random.default_rng([cfg.seed + run, 1]))[sites.row_site]
+            frames.append(pd.DataFrame({"row_id": samples["row_id"].to_numpy(np.int64), "run": np.int64(run),
+                                        "role": np.asarray(ROLES)[roles],
+                                        "block": np.where(roles == TEST, block[sites.row_site], -1).astype(np.int64)}))
     return pd.concat(frames, ignore_index=True), reports
 
 

@@ -1,6 +1,7 @@
 """`socmap train`: one model per split run under accelerate, the best epoch of each kept, logged with dvclive.
 
-holdout: runs 0..train.num_runs-1; kfold: one model per fold of the split. Each run trains as
+holdout: runs 0..train.num_runs-1; kfold: every run of the split (train.num_runs for each of its
+split.folds test folds). Each run trains as
 `socmap.training` describes, on a CPU side by side with others in worker processes (`socmap.workers`,
 train.parallel_runs); models/run_{k}.pt holds a copy of its best epoch's weights with what a
 predictor needs (the model spec, the feature and target statistics of its training rows), and
@@ -107,7 +108,8 @@ def run_rows(samples: pd.DataFrame, split: pd.DataFrame, run: int, split_path: P
 
 
 def split_runs(split: pd.DataFrame, params: Params) -> list[int]:
-    """The runs to train: holdout, the first train.num_runs; kfold, every fold in the split (one model each)."""
+    """The runs to train: holdout, the first train.num_runs; kfold, every run in the split (train.num_runs
+    for each test fold)."""
     if params.split.mode == "kfold":
         return sorted(int(run) for run in split["run"].unique())
     return list(range(params.train.num_runs))
