@@ -93,7 +93,7 @@ def test_the_stage_file_gives_back_what_was_fitted_and_refuses_other_rows(tmp_pa
         load_baselines(tmp_path / "broken.npz", row_ids, runs=2)
 
 
-def test_leaf_size_is_chosen_on_validation():
+def test_leaf_size_is_chosen_on_the_rows_given_to_choose_it():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 3))
     y = 0.5 * x[:, 0] + rng.normal(0, 2.0, 500)  # mostly noise: large leaves generalise better

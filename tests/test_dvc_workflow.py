@@ -62,7 +62,7 @@ def test_plots_load_for_any_params_and_setting_them_back_restores_every_stage_fr
                 "-S", "split.folds=3", "-S", "evaluate.kriging=none", cwd=project)
     assert "Running stage 'train'" in other.stdout
     shown = plots_shown(project)
-    assert shown.get("errors") is None and curve_runs(shown) == {"0", "1", "2"}  # one model per fold
+    assert shown.get("errors") is None and curve_runs(shown) == {str(k) for k in range(6)}  # 3 folds × 2 runs
     assert shown["data"]["plots/evaluate/variogram.png"]  # written, saying that nothing was kriged
 
     committed = yaml.safe_load(run("git", "show", "HEAD:params.yaml", cwd=project).stdout)
@@ -100,7 +100,8 @@ def test_experiments_travel_through_a_git_remote_and_become_branches(project, tm
     run("git", "checkout", "-q", "kfold3-branch", cwd=clone)
     run("dvc", "checkout", cwd=clone)  # from the cache the pull filled: no `dvc pull`
     assert yaml.safe_load((clone / "params.yaml").read_text())["split"]["folds"] == 3
-    assert sorted(p.name for p in (clone / "models").iterdir()) == ["best.pt", "run_0.pt", "run_1.pt", "run_2.pt"]
+    runs = [f"run_{k}.pt" for k in range(3 * 2)]  # 3 folds × train.num_runs 2
+    assert sorted(p.name for p in (clone / "models").iterdir()) == ["best.pt", *runs]
     assert json.loads((clone / "metrics/evaluate/metrics.json").read_text())["mode"] == "kfold"
     assert json.loads(run("dvc", "status", "--json", cwd=clone).stdout) == {}
 

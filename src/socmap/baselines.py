@@ -57,8 +57,9 @@ def survey_year_features(patches: np.ndarray) -> np.ndarray:
 
 def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,
                leaf_sizes: tuple[int, ...], seed: int, quantiles: bool = False) -> tuple[RandomForestRegressor, int]:
-    """A random forest with the leaf size that gives the best validation r2, refitted with `trees` trees
-    (with its out-of-bag predictions of the training rows, ``oob_prediction_``).
+    """A random forest with the leaf size that gives the best r2 on (`x_val`, `y_val`), the rows that
+    choose it (a run's stop rows), refitted with `trees` trees (with its out-of-bag predictions of the
+    training rows, ``oob_prediction_``).
 
     With `quantiles` the refit is a quantile regression forest: its trees are those of sklearn's forest
     of the same settings and seed, and `forest_mean` predicts from them as that forest does, so one fit
