@@ -102,8 +102,7 @@ def site_table(site_id: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndar
     return row_site, centre, rows
 
 
-def tested_sites(site_xy: np.ndarray, site_rows: np.ndarray, cfg: SplitConfig,
-                 num_runs: int) -> tuple[list[np.ndarray], np.ndarray]:
+def tested_sites(site_xy: np.ndarray, site_rows: np.ndarray, cfg: SplitConfig) -> tuple[list[np.ndarray], np.ndarray]:
     """The test sites of every test group (one hold-out, or one per fold of split.folds) and the test
     block of every site."""
     block_m = cfg.test_block_km * 1000.0
@@ -183,7 +182,7 @@ def assign_roles(samples: pd.DataFrame, cfg: SplitConfig, num_runs: int,
     run) and the kNNDM choice of each test group's validation folds (keyed "all" in holdout, by the
     test fold in kfold)."""
     sites = Sites(samples, prediction_xy)
-    tests, block = tested_sites(sites.site_xy, sites.site_rows, cfg, num_runs)
+    tests, block = tested_sites(sites.site_xy, sites.site_rows, cfg)
     reports, frames = {}, []
     for group, test in enumerate(tests):
         # one cut of the rows outside the group's test rows serves its runs: one fold per run (two for
