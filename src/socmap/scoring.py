@@ -135,7 +135,8 @@ def test_table(samples: pd.DataFrame, predictions: np.ndarray, design: Design, c
     prediction before it and the relative kriging variance); and their positions."""
     roles = design.roles
     rows, fold = test_rows(roles, design.groups, design.mode)
-    mean, std = at_test_rows(predictions, rows, fold, design.groups), test_spread(predictions, rows, fold, design.groups)
+    mean = at_test_rows(predictions, rows, fold, design.groups)
+    std = at_test_rows(predictions, rows, fold, design.groups, reduce=spread)
     kappa = None if kriging is None else at_test_rows(kriging.variance, rows, fold, design.groups)
     lower, upper = prediction_interval(mean, std, calibration, kappa=kappa)
     observed = samples["target"].to_numpy(np.float64)[rows]
@@ -172,26 +173,16 @@ def test_rows(roles: np.ndarray, groups: np.ndarray, mode: str) -> tuple[np.ndar
     return rows, fold
 
 
-def at_test_rows(values: np.ndarray, rows: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Per-run values [K, N] at the test `rows`: their mean over the runs that test each row (holdout,
-    fold −1: every run; kfold: the runs of the row's fold)."""
+def at_test_rows(values: np.ndarray, rows: np.ndarray, fold: np.ndarray, groups: np.ndarray,
+                 reduce=lambda v: v.mean(axis=0)) -> np.ndarray:
+    """Per-run values [K, N] at the test `rows`, reduced (by default: their mean; `spread`: their spread)
+    over the runs that test each row (holdout, fold −1: every run; kfold: the runs of the row's fold)."""
     if (fold < 0).all():
-        return values[:, rows].mean(axis=0)
+        return reduce(values[:, rows])
     out = np.empty(rows.size)
     for group in np.unique(fold):
         here = fold == group
-        out[here] = values[np.ix_(groups == group, rows[here])].mean(axis=0)
-    return out
-
-
-def test_spread(predictions: np.ndarray, rows: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """The spread of the predictions of the runs that test each of `rows` (as `at_test_rows` averages them)."""
-    if (fold < 0).all():
-        return spread(predictions[:, rows])
-    out = np.empty(rows.size)
-    for group in np.unique(fold):
-        here = fold == group
-        out[here] = spread(predictions[np.ix_(groups == group, rows[here])])
+        out[here] = reduce(values[np.ix_(groups == group, rows[here])])
     return out
 
 
@@ -200,9 +191,8 @@ def calibration_rows(targets: np.ndarray, predictions: np.ndarray, roles: np.nda
     """(observed, honest prediction, spread of the other runs of its test group, that run's relative
     kriging variance or None) for every (row, run) where the row is validation."""
     runs, rows = np.nonzero(roles == "val")
-    members = [np.flatnonzero(groups == group) for group in range(groups.max() + 1)]
-    others = np.array([spread(np.delete(predictions[members[groups[k]], r], np.searchsorted(members[groups[k]], k)))
-                       for k, r in zip(runs, rows)])
+    run_ids = np.arange(len(predictions))
+    others = np.array([spread(predictions[(groups == groups[k]) & (run_ids != k), r]) for k, r in zip(runs, rows)])
     return targets[rows], predictions[runs, rows], others, None if variance is None else variance[runs, rows]
 
 
