@@ -166,3 +166,25 @@ def test_the_forests_and_their_kriging_see_no_held_out_target():
         assert np.array_equal(values, again.predictions[name], equal_nan=True), name
     for a, b in zip(first.bounds["qrf"], again.bounds["qrf"]):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_forests_fitted_in_worker_processes_are_the_forests_fitted_here():
+    """The stage fits its forests in one process per core: the same predictions, bounds and leaf sizes,
+    bit for bit, as fitted in this process on every core."""
+    rng = np.random.default_rng(4)
+    n = 400
+    xy = rng.uniform(0, 50_000, (n, 2))
+    patches = rng.normal(size=(n, 2, 3, 3, 2)).astype(np.float32)
+    target = 30.0 + 6.0 * patches[:, 0, 1, 1, -1] + 5.0 * np.sin(xy[:, 0] / 9_000) + rng.normal(0, 1.0, n)
+    roles = np.where(np.arange(n) < 280, "train", np.where(np.arange(n) < 330, "stop", "test"))
+    roles = np.stack([roles, np.roll(roles, 70), np.roll(roles, 140)])
+    cfg = EvaluateConfig(rf_trees=20, rf_min_samples_leaf=(1, 20), seed=0, kriging="log", kriging_neighbours=8)
+    here = baseline_predictions(patches, np.array([False, True]), target, roles, cfg, xy)
+    workers = baseline_predictions(patches, np.array([False, True]), target, roles, cfg, xy, workers=2)
+    assert list(workers.predictions) == list(here.predictions)
+    for name, values in here.predictions.items():
+        assert np.isfinite(values[roles == "test"]).all() and np.array_equal(values, workers.predictions[name],
+                                                                             equal_nan=True), name
+    for a, b in zip(here.bounds["qrf"], workers.bounds["qrf"]):
+        assert np.array_equal(a, b, equal_nan=True)
+    assert workers.chosen == here.chosen and len(here.chosen["rf_features"]["min_samples_leaf"]) == 3

@@ -25,6 +25,9 @@ data/baselines/baselines.npz.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,22 +59,24 @@ def survey_year_features(patches: np.ndarray) -> np.ndarray:
 
 
 def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, trees: int,
-               leaf_sizes: tuple[int, ...], seed: int, quantiles: bool = False) -> tuple[RandomForestRegressor, int]:
+               leaf_sizes: tuple[int, ...], seed: int, quantiles: bool = False,
+               threads: int = -1) -> tuple[RandomForestRegressor, int]:
     """A random forest with the leaf size that gives the best r2 on (`x_val`, `y_val`), the rows that
     choose it (a run's stop rows), refitted with `trees` trees (with its out-of-bag predictions of the
     training rows, ``oob_prediction_``).
 
     With `quantiles` the refit is a quantile regression forest: its trees are those of sklearn's forest
     of the same settings and seed, and `forest_mean` predicts from them as that forest does, so one fit
-    serves the forest and the ``qrf`` baseline.
+    serves the forest and the ``qrf`` baseline. `threads` fit the trees (-1: every core); the trees
+    are the same for any number.
     """
     def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
         # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest).
-        # Fitted on every core, predicting on one: threads add up the trees in any order, and the
-        # last bits of the metrics would change from run to run (and dvc.lock with them).
+        # Predicting on one thread: threads add up the trees in any order, and the last bits of the
+        # metrics would change from run to run (and dvc.lock with them).
         kind = RandomForestQuantileRegressor if quantiles and n_trees == trees else RandomForestRegressor
         return kind(n_estimators=n_trees, min_samples_leaf=leaf, max_features=1 / 3, oob_score=n_trees == trees,
-                    n_jobs=-1, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
+                    n_jobs=threads, random_state=seed).fit(x_train, y_train).set_params(n_jobs=1)
 
     if len(leaf_sizes) > 1:
         scores = [r2_score(y_val, forest(min(trees, TUNING_TREES), leaf).predict(x_val)) for leaf in leaf_sizes]
@@ -110,8 +115,43 @@ def quantile_forest(forest: RandomForestQuantileRegressor, x_test: np.ndarray, i
                       forest.predict(x_test, quantiles=[tail, 1.0 - tail]).T])
 
 
+@dataclass(frozen=True)
+class ForestJob:
+    """One forest of one run: its features at the run's training, stop and test rows, and what it reports."""
+
+    run: int
+    name: str  # one of FORESTS
+    x: dict[str, np.ndarray]  # role (train, stop, test) -> features of those rows
+    y: dict[str, np.ndarray]  # role (train, stop) -> targets, g/kg
+    xy: dict[str, np.ndarray]  # role (train, test) -> positions, metres
+    cfg: EvaluateConfig
+
+
+def fit_run_forest(job: ForestJob, threads: int = -1) -> dict[str, np.ndarray | int]:
+    """`job`'s forest fitted on its run's training rows: its leaf size and its predictions of the run's
+    test rows, kriged (with `evaluate.kriging` on) and, for ``rf_features``, the quantile forest's mean
+    and bounds (``qrf``, ``qrf_lower``, ``qrf_upper``)."""
+    cfg, name = job.cfg, job.name
+    model, leaf = fit_forest(job.x["train"], job.y["train"], job.x["stop"], job.y["stop"], cfg.rf_trees,
+                             cfg.rf_min_samples_leaf, cfg.seed + job.run, quantiles=name == "rf_features",
+                             threads=threads)
+    fitted: dict[str, np.ndarray | int] = {"leaf": leaf, name: forest_mean(model, job.x["test"])}
+    if cfg.kriging != "none":
+        field = ResidualField.fit(job.xy["train"], job.y["train"], model.oob_prediction_, cfg.kriging,
+                                  cfg.kriging_neighbours)
+        fitted[f"{name}_kriged"] = field.correct(fitted[name], *field.krige(job.xy["test"]))
+    if name == "rf_features":
+        fitted["qrf"], fitted["qrf_lower"], fitted["qrf_upper"] = quantile_forest(model, job.x["test"], cfg.interval)
+    return fitted
+
+
+def fit_in_worker(job: ForestJob) -> dict[str, np.ndarray | int]:
+    """`fit_run_forest` in a worker process: one thread each, the workers side by side."""
+    return fit_run_forest(job, threads=1)
+
+
 def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.ndarray, roles: np.ndarray,
-                         cfg: EvaluateConfig, xy: np.ndarray) -> Baselines:
+                         cfg: EvaluateConfig, xy: np.ndarray, workers: int = 1) -> Baselines:
     """Each baseline's prediction of each run's test rows, fitted on that run's training rows.
 
     Args:
@@ -119,31 +159,41 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
         roles: [K, N] role of every row in every run (train, stop, val, test, buffer).
         cfg: evaluate.* (rf_trees, rf_min_samples_leaf, seed, interval, kriging, kriging_neighbours).
         xy: [N, 2] row positions (metres).
+        workers: processes that fit the forests side by side, one thread each (1: here, on every
+            core); the forests, and so the predictions, are the same for any number.
     """
-    trees, leaf_sizes, seed, kriging = cfg.rf_trees, cfg.rf_min_samples_leaf, cfg.seed, cfg.kriging
-    if not leaf_sizes:
+    if not cfg.rf_min_samples_leaf:
         raise SocmapError("evaluate.rf_min_samples_leaf = []: give at least one leaf size, e.g. [5]")
     features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
     runs, rows = roles.shape
-    predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(kriging)}
+    jobs = []
+    for run in range(runs):
+        where = {role: roles[run] == role for role in ("train", "stop", "test")}
+        for name, x in features.items():
+            jobs.append(ForestJob(run, name, {role: x[rows_] for role, rows_ in where.items()},
+                                  {role: targets[where[role]] for role in ("train", "stop")},
+                                  {role: xy[where[role]] for role in ("train", "test")}, cfg))
+    if workers > 1:
+        # the quantile forests take longest: they go first, so that no worker is left with one at the end
+        order = sorted(range(len(jobs)), key=lambda index: jobs[index].name != "rf_features")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = dict(zip(order, pool.map(fit_in_worker, [jobs[index] for index in order])))
+        fitted = [done[index] for index in range(len(jobs))]
+    else:
+        fitted = [fit_run_forest(job) for job in jobs]
+
+    predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(cfg.kriging)}
     bounds = {"qrf": (np.full((runs, rows), np.nan), np.full((runs, rows), np.nan))}
     chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
-    for run in range(runs):
-        train, stop, test = (roles[run] == role for role in ("train", "stop", "test"))
-        predictions["training_mean"][run, test] = targets[train].mean()
-        for name, x in features.items():
-            model, leaf = fit_forest(x[train], targets[train], x[stop], targets[stop], trees, leaf_sizes, seed + run,
-                                     quantiles=name == "rf_features")
-            predictions[name][run, test] = forest_mean(model, x[test])
-            chosen[name]["min_samples_leaf"].append(leaf)
-            if kriging != "none":
-                field = ResidualField.fit(xy[train], targets[train], model.oob_prediction_, kriging,
-                                          cfg.kriging_neighbours)
-                predictions[f"{name}_kriged"][run, test] = field.correct(predictions[name][run, test],
-                                                                         *field.krige(xy[test]))
-            if name == "rf_features":
-                qrf = quantile_forest(model, x[test], cfg.interval)
-                predictions["qrf"][run, test], bounds["qrf"][0][run, test], bounds["qrf"][1][run, test] = qrf
+    for job, result in zip(jobs, fitted):
+        test = roles[job.run] == "test"
+        predictions["training_mean"][job.run, test] = job.y["train"].mean()
+        chosen[job.name]["min_samples_leaf"].append(result.pop("leaf"))
+        if "qrf" in result:
+            bounds["qrf"][0][job.run, test], bounds["qrf"][1][job.run, test] = result.pop("qrf_lower"), result.pop(
+                "qrf_upper")
+        for name, values in result.items():
+            predictions[name][job.run, test] = values
     return Baselines(predictions, bounds, chosen)
 
 
@@ -199,8 +249,9 @@ def main(params) -> None:
                           "rerun `socmap sample`")
     static = np.array([is_static(channel, params.data.static_bands) for channel in channels])
     roles = roles_matrix(split, row_ids, split["run"].nunique())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     baselines = baseline_predictions(patches, static, samples["target"].to_numpy(np.float64), roles,
-                                     params.evaluate, samples[["x", "y"]].to_numpy(np.float64))
+                                     params.evaluate, samples[["x", "y"]].to_numpy(np.float64), workers=cores)
     save_baselines(paths.BASELINES, baselines, row_ids)
     log.info("%s: %s over %d runs; leaf sizes %s", paths.BASELINES, ", ".join(baselines.predictions), len(roles),
              {name: choice["min_samples_leaf"] for name, choice in baselines.chosen.items()})

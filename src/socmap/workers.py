@@ -18,8 +18,9 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -55,16 +56,37 @@ def train_runs(jobs: Iterable[Job], cfg: TrainConfig, spec: ModelSpec, accelerat
     level = logging.getLogger("socmap").getEffectiveLevel()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
                              initargs=(cfg.threads, level)) as pool:
-        pending: deque = deque()  # at most one run per worker waits in memory
-        for job in jobs:
-            pending.append((job, pool.submit(train_in_worker, job, cfg, spec)))
-            if len(pending) == workers:
-                yield finished(*pending.popleft(), live)
-        while pending:
-            yield finished(*pending.popleft(), live)
+        for job, future in in_order(pool, partial(train_in_worker, cfg=cfg, spec=spec), jobs, workers):
+            yield finished(job, future, live)
 
 
-def finished(job: Job, future, live: Live | None) -> tuple[int, RunData, dict]:
+def in_order(pool: Executor, work: Callable[[Any], Any], jobs: Iterable,
+             workers: int) -> Iterator[tuple[Any, Future]]:
+    """Each job with its finished future of ``work(job)`` on `pool`, in the jobs' order.
+
+    At most `workers` jobs run at once, and a worker takes the next job as soon as it is free, not when
+    the jobs before its last are done: a job that finishes early waits here (its result, not its
+    worker) to be handed on in order. Jobs are taken from `jobs` only as workers free up.
+    """
+    pending: deque = deque()  # (job, future) in the jobs' order
+    jobs = iter(jobs)
+    more = True
+    while True:
+        while more and sum(not future.done() for _, future in pending) < workers:
+            job = next(jobs, None)
+            if job is None:
+                more = False
+            else:
+                pending.append((job, pool.submit(work, job)))
+        if not pending:
+            return
+        if pending[0][1].done():
+            yield pending.popleft()
+        else:
+            wait([future for _, future in pending if not future.done()], return_when=FIRST_COMPLETED)
+
+
+def finished(job: Job, future: Future, live: Live | None) -> tuple[int, RunData, dict]:
     """A worker's run, once done, its epochs logged as the stage's own process logs them."""
     run, data, _ = job
     best = future.result()
