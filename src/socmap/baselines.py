@@ -30,11 +30,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from quantile_forest import RandomForestQuantileRegressor
-from sklearn.ensemble import RandomForestRegressor
 
 from socmap import paths
 from socmap.applicability import history_features
@@ -45,6 +44,10 @@ from socmap.kriging import ResidualField
 from socmap.metrics import r2_score
 from socmap.patches import channel_names, is_static
 from socmap.split import roles_matrix
+
+if TYPE_CHECKING:  # the forests' libraries load when a forest is fitted: evaluate reads baselines.npz only
+    from quantile_forest import RandomForestQuantileRegressor
+    from sklearn.ensemble import RandomForestRegressor
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,9 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     serves the forest and the ``qrf`` baseline. `threads` fit the trees (-1: every core); the trees
     are the same for any number.
     """
+    from quantile_forest import RandomForestQuantileRegressor
+    from sklearn.ensemble import RandomForestRegressor
+
     def forest(n_trees: int, leaf: int) -> RandomForestRegressor:
         # max_features 1/3: the regression default of Breiman's forests (and of R's randomForest).
         # Predicting on one thread: threads add up the trees in any order, and the last bits of the
@@ -89,6 +95,8 @@ def fit_forest(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
 def forest_mean(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
     """The random forest's prediction, the mean over the trees of their leaf means, for a quantile
     forest too (whose own ``predict`` gives quantiles)."""
+    from sklearn.ensemble import RandomForestRegressor
+
     return RandomForestRegressor.predict(forest, x)
 
 
