@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import pandas as pd
 from socmap import paths
 from socmap.applicability import history_features
 from socmap.config import EvaluateConfig
+from socmap.cores import usable_cores
 from socmap.errors import SocmapError
 from socmap.io import write_npz
 from socmap.kriging import ResidualField
@@ -174,32 +174,32 @@ def baseline_predictions(patches: np.ndarray, static: np.ndarray, targets: np.nd
         raise SocmapError("evaluate.rf_min_samples_leaf = []: give at least one leaf size, e.g. [5]")
     features = {"rf_survey_year": survey_year_features(patches), "rf_features": history_features(patches, static)}
     runs, rows = roles.shape
+    predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(cfg.kriging)}
+    bounds = {"qrf": (np.full((runs, rows), np.nan), np.full((runs, rows), np.nan))}
+    chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
     jobs = []
     for run in range(runs):
         where = {role: roles[run] == role for role in ("train", "stop", "test")}
+        predictions["training_mean"][run, where["test"]] = targets[where["train"]].mean()
         for name, x in features.items():
             jobs.append(ForestJob(run, name, {role: x[rows_] for role, rows_ in where.items()},
                                   {role: targets[where[role]] for role in ("train", "stop")},
                                   {role: xy[where[role]] for role in ("train", "test")}, cfg))
+    # the quantile forests take longest: they go first, so that no worker is left with one at the end
+    # (a stable sort: each forest's runs stay in run order)
+    jobs.sort(key=lambda job: job.name != "rf_features")
     if workers > 1:
-        # the quantile forests take longest: they go first, so that no worker is left with one at the end
-        order = sorted(range(len(jobs)), key=lambda index: jobs[index].name != "rf_features")
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = dict(zip(order, pool.map(fit_in_worker, [jobs[index] for index in order])))
-        fitted = [done[index] for index in range(len(jobs))]
+            fitted = list(pool.map(fit_in_worker, jobs))
     else:
         fitted = [fit_run_forest(job) for job in jobs]
 
-    predictions = {name: np.full((runs, rows), np.nan) for name in baseline_names(cfg.kriging)}
-    bounds = {"qrf": (np.full((runs, rows), np.nan), np.full((runs, rows), np.nan))}
-    chosen: dict[str, dict] = {name: {"min_samples_leaf": []} for name in features}
     for job, result in zip(jobs, fitted):
         test = roles[job.run] == "test"
-        predictions["training_mean"][job.run, test] = job.y["train"].mean()
         chosen[job.name]["min_samples_leaf"].append(result.pop("leaf"))
         if "qrf" in result:
-            bounds["qrf"][0][job.run, test], bounds["qrf"][1][job.run, test] = result.pop("qrf_lower"), result.pop(
-                "qrf_upper")
+            bounds["qrf"][0][job.run, test] = result.pop("qrf_lower")
+            bounds["qrf"][1][job.run, test] = result.pop("qrf_upper")
         for name, values in result.items():
             predictions[name][job.run, test] = values
     return Baselines(predictions, bounds, chosen)
@@ -257,9 +257,9 @@ def main(params) -> None:
                           "rerun `socmap sample`")
     static = np.array([is_static(channel, params.data.static_bands) for channel in channels])
     roles = roles_matrix(split, row_ids, split["run"].nunique())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     baselines = baseline_predictions(patches, static, samples["target"].to_numpy(np.float64), roles,
-                                     params.evaluate, samples[["x", "y"]].to_numpy(np.float64), workers=cores)
+                                     params.evaluate, samples[["x", "y"]].to_numpy(np.float64),
+                                     workers=usable_cores())
     save_baselines(paths.BASELINES, baselines, row_ids)
     log.info("%s: %s over %d runs; leaf sizes %s", paths.BASELINES, ", ".join(baselines.predictions), len(roles),
              {name: choice["min_samples_leaf"] for name, choice in baselines.chosen.items()})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from functools import partial
@@ -28,6 +27,7 @@ from dvclive import Live
 
 from socmap.cli import configure_logging
 from socmap.config import TrainConfig
+from socmap.cores import usable_cores
 from socmap.launch import make_accelerator
 from socmap.models import ModelSpec
 from socmap.training import EpochCallback, Resume, RunData, log_epoch, train_run
@@ -40,8 +40,7 @@ def run_workers(cfg: TrainConfig, runs: int, accelerator: Accelerator, callback:
     1 (this process) under accelerate launch, on a GPU or with an epoch callback."""
     if accelerator.num_processes > 1 or accelerator.device.type != "cpu" or callback is not None:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cfg.parallel_runs or cores, runs))
+    return max(1, min(cfg.parallel_runs or usable_cores(), runs))
 
 
 def train_runs(jobs: Iterable[Job], cfg: TrainConfig, spec: ModelSpec, accelerator: Accelerator, live: Live | None,
