@@ -7,7 +7,7 @@ import torch
 
 from socmap.config import TrainConfig
 from socmap.errors import SocmapError
-from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, build_model, views
+from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SkipCovLSTM, SurveyYearCNN, build_model, views
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def patches():
 
 
 @pytest.mark.parametrize("name, cls", [("refitted_cov_lstm", RefittedCovLSTM), ("cnn", SurveyYearCNN),
-                                       ("lstm", CentrePixelLSTM)])
+                                       ("lstm", CentrePixelLSTM), ("skip_cov_lstm", SkipCovLSTM)])
 def test_models_map_a_batch_of_patches_to_one_value_each(patches, name, cls):
     model = build_model(name, bands=6, window_size=5).eval()
     assert isinstance(model, cls)
@@ -32,6 +32,18 @@ def test_refitted_cov_lstm_is_the_original_size():
     assert model.head[0].in_features == 64 + 128
     wider = build_model("refitted_cov_lstm", bands=6, window_size=9)
     assert wider.cnn.fc_cnn[0].in_features == 64 * 2 * 2
+
+
+def test_skip_cov_lstm_reads_the_centre_pixel_and_window_mean_past_the_cnn(patches):
+    """Its LSTM and head see each year's 6 centre pixels and 6 window means beside the 128 CNN features."""
+    model = build_model("skip_cov_lstm", bands=6, window_size=5).eval()
+    assert model.lstm.input_size == 128 + 2 * 6 and model.head[0].in_features == 64 + 128 + 2 * 6
+    covariates = torch.cat([patches[:, :, 2, 2], patches.mean(dim=(2, 3))], dim=1).transpose(1, 2)
+    with torch.no_grad():
+        features = model.cnn(patches.permute(0, 4, 1, 2, 3).flatten(0, 1)).reshape(4, 5, 128)
+        joined = torch.cat([features, covariates], dim=2)
+        expected = model.head(torch.cat([model.fc_lstm(model.lstm(joined)[0][:, -1]), joined[:, -1]], 1)).squeeze(1)
+        torch.testing.assert_close(model(patches), expected)
 
 
 def responds(model: torch.nn.Module, patches: torch.Tensor, edit) -> bool:

@@ -60,6 +60,8 @@ def patches(window_size: int, rows: int = 300) -> torch.Tensor:
     ("lstm", 3, "dihedral"),
     ("attention", 5, "dihedral"),  # the transformer one member after the other
     ("attention", 7, "none"),
+    ("skip_cov_lstm", 5, "dihedral"),  # the covariates around the CNN
+    ("skip_cov_lstm", 9, "turns"),
 ])
 def test_batched_forward_gives_each_members_own_predictions(name, window_size, augment):
     ensemble = members(name, window_size, augment)

@@ -191,7 +191,7 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: Literal["refitted_cov_lstm", "cnn", "lstm", "attention"] = "refitted_cov_lstm"
+    model: Literal["refitted_cov_lstm", "cnn", "lstm", "attention", "skip_cov_lstm"] = "refitted_cov_lstm"
     loss_type: Literal["l1", "mse", "composite_l1", "composite_l2"] = "composite_l2"
     loss_alpha: float = field(default=0.5, metadata=bounds(ge=0, le=1))
     loss_sigma: float = field(default=3.0, metadata=bounds(gt=0))  # g/kg, floor of the per-row uncertainty

@@ -11,6 +11,8 @@ row ``[B]`` in the transformed target space.
 - ``cnn``: the same CNN on the survey year only (no time series).
 - ``lstm``: the same LSTM on the centre pixel's time series only (no neighbourhood).
 - ``attention``: the same CNN on every year's patch, self-attention over the years.
+- ``skip_cov_lstm``: ``refitted_cov_lstm`` with each year's centre pixel and window mean of every band
+  passed around the CNN into the LSTM and the head (the covariates the feature forest sees).
 """
 
 from __future__ import annotations
@@ -53,14 +55,17 @@ class PatchCNN(nn.Module):
 class RefittedCovLSTM(nn.Module):
     """The original CNN-LSTM, fed in chronological order."""
 
+    SKIPPED = 0  # values per band and year that reach the LSTM and the head around the CNN
+
     def __init__(self, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
                  dropout: float = 0.25):
         super().__init__()
+        joined = CNN_FEATURES + self.SKIPPED * bands
         self.cnn = PatchCNN(bands, window_size)
-        self.lstm = nn.LSTM(CNN_FEATURES, hidden_size, num_layers, batch_first=True,
+        self.lstm = nn.LSTM(joined, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
         self.fc_lstm = nn.Sequential(nn.Linear(hidden_size, 64), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(64 + CNN_FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.head = nn.Sequential(nn.Linear(64 + joined, 32), nn.ReLU(), nn.Linear(32, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w, t = x.shape
@@ -125,6 +130,24 @@ class YearAttention(nn.Module):
         return self.head(torch.cat([sequence[:, -1], features[:, -1]], dim=1)).squeeze(1)  # [B]
 
 
+class SkipCovLSTM(RefittedCovLSTM):
+    """The CNN-LSTM with each year's centre pixel and window mean of every band joined to that year's CNN
+    features, at the LSTM's input and at the head: the values the feature forest splits on reach the
+    recurrent part unpooled."""
+
+    SKIPPED = 2  # the centre pixel and the window mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w, t = x.shape
+        frames = x.permute(0, 4, 2, 3, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # [B*T, C, H, W]
+        features = self.cnn(frames).reshape(b, t, CNN_FEATURES)  # [B, T, 128]
+        covariates = torch.cat([x[:, :, h // 2, w // 2], x.mean(dim=(2, 3))], dim=1).transpose(1, 2)  # [B, T, 2C]
+        joined = torch.cat([features, covariates], dim=2)  # [B, T, 128 + 2C]
+        sequence, _ = self.lstm(joined)  # [B, T, hidden]
+        recent = self.fc_lstm(sequence[:, -1])  # [B, 64]
+        return self.head(torch.cat([recent, joined[:, -1]], dim=1)).squeeze(1)  # [B]
+
+
 def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
                 dropout: float = 0.25) -> nn.Module:
     """The model called `name` (train.model) for patches of `bands` × `window_size`² pixels."""
@@ -135,6 +158,8 @@ def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128,
                           "by 2, so it needs a window of at least 5 pixels (or use train.model = lstm)")
     if name == "refitted_cov_lstm":
         return RefittedCovLSTM(bands, window_size, hidden_size, num_layers, dropout)
+    if name == "skip_cov_lstm":
+        return SkipCovLSTM(bands, window_size, hidden_size, num_layers, dropout)
     if name == "cnn":
         return SurveyYearCNN(bands, window_size)
     if name == "attention":

@@ -5,8 +5,9 @@ their feature normalisation and their target transform. `StackedEnsemble` stacks
 leading member axis and runs the architecture once per batch: the views of the spec (the largest of
 train.augment's symmetry groups within train.tta views) and the members' normalisations are applied
 to the input, the convolutions run grouped by member, the dense layers as batched matrix products,
-the LSTM once per member over all its views. The attention model (``attention``) runs member by member on the
-normalised views, its transformer layers as they are. The values are each member's own forward's
+the LSTM once per member over all its views (``skip_cov_lstm`` joins each year's normalised centre pixel
+and window mean to the CNN features it feeds). The attention model (``attention``) runs member by member on
+the normalised views, its transformer layers as they are. The values are each member's own forward's
 (`Predictor.predict_tensor`) up to float rounding.
 
 What makes it cheaper than 20 small forward passes (5 members × 4 views), besides the fewer calls:
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from socmap.errors import SocmapError
-from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SurveyYearCNN, YearAttention
+from socmap.models import CentrePixelLSTM, RefittedCovLSTM, SkipCovLSTM, SurveyYearCNN, YearAttention
 from socmap.predict import Predictor
 from socmap.transforms import dihedral, symmetric_mean
 
@@ -149,7 +150,7 @@ class StackedEnsemble:
             self.cnn = StackedCNN([net.cnn for net in nets], spec.window_size)
         if self.kind is not SurveyYearCNN:
             self.lstms = [net.lstm for net in nets]  # torch's fused LSTM: faster than any batched rewrite of it
-        if self.kind is RefittedCovLSTM:
+        if self.kind in (RefittedCovLSTM, SkipCovLSTM):
             self.fc_lstm = StackedDense([net.fc_lstm for net in nets])
         self.head = StackedDense([net.head for net in nets])
 
@@ -203,7 +204,12 @@ class StackedEnsemble:
             z = self.head(self.cnn(self.frames(views[..., -1:], slice(-1, None))))  # [M, V·B, 1]
         else:
             n, t = views.shape[0], views.shape[-1]
-            features = self.cnn(self.frames(views)).reshape(m, n, t, -1)  # [M, V·B, T, 128]
+            frames = self.frames(views)  # [M, V·B·T, w, w, C]
+            features = self.cnn(frames).reshape(m, n, t, -1)  # [M, V·B, T, 128]
+            if self.kind is SkipCovLSTM:  # each year's centre pixel and window mean join its CNN features
+                centre = frames.shape[2] // 2
+                covariates = torch.cat([frames[:, :, centre, centre], frames.mean(dim=(2, 3))], dim=2)
+                features = torch.cat([features, covariates.reshape(m, n, t, -1)], dim=3)  # [M, V·B, T, 128 + 2C]
             recent = self.fc_lstm(self.last_outputs(features))  # [M, V·B, 64]
             z = self.head(torch.cat([recent, features[:, :, -1]], dim=2))  # [M, V·B, 1]
         return z.reshape(m, len(self.views), b).mean(dim=1)
