@@ -70,13 +70,14 @@ class RefittedCovLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w, t = x.shape
         frames = x.permute(0, 4, 2, 3, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # [B*T, C, H, W], one copy
-        years = self.join(x, self.cnn(frames).reshape(b, t, CNN_FEATURES))  # [B, T, 128 + skipped]
+        years = self.join(frames, self.cnn(frames).reshape(b, t, CNN_FEATURES))  # [B, T, 128 + skipped]
         sequence, _ = self.lstm(years)  # [B, T, hidden]
         recent = self.fc_lstm(sequence[:, -1])  # [B, 64]
         return self.head(torch.cat([recent, years[:, -1]], dim=1)).squeeze(1)  # [B]
 
-    def join(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Each year's input to the LSTM (the survey year's also to the head): its CNN features [B, T, 128]."""
+    def join(self, frames: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each year's input to the LSTM (the survey year's also to the head), from the years' frames
+        [B*T, C, H, W] and CNN features [B, T, 128]: the features."""
         return features
 
 
@@ -140,11 +141,13 @@ class SkipCovLSTM(RefittedCovLSTM):
 
     SKIPPED = 2  # the centre pixel and the window mean
 
-    def join(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Each year's CNN features, centre pixel and window mean [B, T, 128 + 2C]."""
-        h, w = x.shape[2:4]
-        covariates = torch.cat([x[:, :, h // 2, w // 2], x.mean(dim=(2, 3))], dim=1).transpose(1, 2)  # [B, T, 2C]
-        return torch.cat([features, covariates], dim=2)
+    def join(self, frames: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each year's CNN features, centre pixel and window mean [B, T, 128 + 2C]. They are taken from
+        the frames, a contiguous copy: an augmented batch is a flipped or turned view of the patches,
+        slow to average over."""
+        h, w = frames.shape[2:]
+        covariates = torch.cat([frames[:, :, h // 2, w // 2], frames.mean(dim=(2, 3))], dim=1)  # [B*T, 2C]
+        return torch.cat([features, covariates.reshape(*features.shape[:2], -1)], dim=2)
 
 
 def build_model(name: str, bands: int, window_size: int, hidden_size: int = 128, num_layers: int = 2,
