@@ -29,6 +29,9 @@ KRIGING_SITES training rows (Bavaria's survey density; `evaluate.kriging` and
   NAIVE_PIXELS random pixels and scaled per pixel (target >= 50);
   speedup_vs_naive_end_to_end: the same with the ensemble's forward time added
   to the naive path (bounded by the model's share of the time);
+- model_options: the batched forward's µs a pixel of each `train.model` option and of
+  `sample.context` 15 (12 channels), at the same members and views, and as a ratio to
+  the default model's (random weights, as above);
 - peak memory (RSS and tracemalloc) of a map of half the world and of the whole
   world, each in its own process (flat: bounded by the block, not the region);
 - projected hours for the Bavaria bbox (data.region.bbox) at 500 m and 250 m.
@@ -64,7 +67,7 @@ from socmap.blocks import block_patches, read_halo, region_window, Window
 from socmap.ensemble import Ensemble
 from socmap.mapping import make_maps
 from socmap.models import ModelSpec
-from socmap.patches import fill_missing, fill_values
+from socmap.patches import channel_names, fill_missing, fill_values
 from socmap.predict import Predictor
 from socmap.rasters import RasterCatalog
 from socmap.region import Region
@@ -78,6 +81,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # reach the largest block and a difference in peak memory could only come from the region's size
 WORLD_BBOX = [11.0, 48.2, 12.75, 48.85]
 HALF_BBOX = [11.0, 48.2, 11.875, 48.85]
+# the model options a user can switch on, each by its params (the rest as params.yaml)
+MODEL_OPTIONS = {
+    "refitted_cov_lstm": {"train.model": "refitted_cov_lstm"},
+    "skip_cov_lstm": {"train.model": "skip_cov_lstm"},
+    "attention": {"train.model": "attention"},
+    "cnn": {"train.model": "cnn"},
+    "lstm": {"train.model": "lstm"},
+    "sample.context=15": {"train.model": "refitted_cov_lstm", "sample.context": 15},
+}
 NAIVE_PIXELS = 300
 KRIGING_SITES = 400  # training rows in the benchmark world at Bavaria's density (~2,600 sites in 70,500 km²)
 
@@ -93,16 +105,18 @@ def world_params(world: Path, bbox: list[float]) -> Params:
 
 
 def random_ensemble(params: Params) -> list[Predictor]:
-    """`train.num_runs` default models with random weights, as `Predictor`s (the checkpoint layout)."""
-    bands, window, steps, t = len(params.data.bands), params.sample.window_size, params.sample.time_before, params.train
+    """`train.num_runs` models of train.model with random weights, as `Predictor`s (the checkpoint layout)."""
+    channels = channel_names(params.data.bands, params.sample.context)
+    window, steps, t = params.sample.window_size, params.sample.time_before, params.train
     ensemble = []
     for run in range(t.num_runs):
         torch.manual_seed(run)
-        spec = ModelSpec.from_params(t, list(params.data.bands), window, steps)
+        spec = ModelSpec.from_params(t, channels, window, steps)
         model = spec.build()
+        features = torch.full((len(channels), steps), 100.0)
         checkpoint = {"model": spec.to_dict(),
                       "state_dict": model.state_dict(),
-                      "features": {"mean": torch.full((bands, steps), 100.0), "std": torch.full((bands, steps), 100.0)},
+                      "features": {"mean": features, "std": features},
                       "target": {"kind": "normalize", "mean": 25.0, "std": 10.0},
                       "run": run, "epoch": 1, "val_metrics": {}}
         ensemble.append(Predictor(checkpoint, source=f"random run {run}"))
@@ -176,7 +190,7 @@ def forward_throughput(members: list[Predictor], params: Params, batches: int = 
                        per_member: bool = False) -> float:
     """Pixels per second of the ensemble alone on pre-built batches of `map.batch_size` patches: its
     batched forward (`Ensemble.predict`), or each member's own one after the other."""
-    w, shape = params.sample.window_size, (params.map.batch_size, len(params.data.bands))
+    w, shape = params.sample.window_size, (params.map.batch_size, len(members[0].spec.band_names))
     x = torch.rand(*shape, w, w, params.sample.time_before) * 200
     ensemble = Ensemble(members, calibration(len(members)))
 
@@ -193,6 +207,20 @@ def forward_throughput(members: list[Predictor], params: Params, batches: int = 
     for _ in range(batches):
         forward()
     return batches * len(x) / (time.perf_counter() - start)
+
+
+def option_costs(params: Params) -> dict[str, dict[str, float]]:
+    """The batched forward's time a pixel (µs, best of two) of each model option in MODEL_OPTIONS, at
+    the same members and views, and against the default model's."""
+    costs = {}
+    for name, overrides in MODEL_OPTIONS.items():
+        option = replace(params, **overrides)
+        members = random_ensemble(option)
+        costs[name] = {"us_per_pixel": round(1e6 / max(forward_throughput(members, option) for _ in range(2)), 1)}
+    default = costs["refitted_cov_lstm"]["us_per_pixel"]
+    for cost in costs.values():
+        cost["vs_default"] = round(cost["us_per_pixel"] / default, 3)
+    return costs
 
 
 def naive_seconds_per_pixel(params: Params, rng: np.random.Generator) -> float:
@@ -268,6 +296,7 @@ def main() -> None:
         _, trusted_seconds = stream(params, ensemble, Path(tmp) / "trusted")
         _, plain_seconds = stream(params, ensemble, Path(tmp) / "plain", trust=False)
         naive = naive_seconds_per_pixel(params, np.random.default_rng(0))
+        options = option_costs(params)
 
     streaming_read = plumbing_seconds / pixels
     projected = {}
@@ -298,6 +327,7 @@ def main() -> None:
         "naive_timed_on_pixels": NAIVE_PIXELS,
         "speedup_vs_naive_read": round(naive / streaming_read, 1),
         "speedup_vs_naive_end_to_end": round((naive + 1 / forward) / (1 / pixels_per_s), 1),
+        "model_options": options,
         "memory": memory,
         "memory_ratio_doubled": round(memory["doubled_region"]["peak_rss_mb"] / memory["region"]["peak_rss_mb"], 3),
         "projected": projected,
